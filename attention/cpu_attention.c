@@ -1,0 +1,562 @@
+/* Exact dilated attention on the CPU: blocked online softmax, float32 with fp32
+ * accumulation, OpenMP over independent (head, segment, tile) work items.
+ *
+ * A dilated segment is a dense sub-sequence of strided rows, so each pattern is
+ * ordinary (causal) attention over tiles of those rows. One softmax over the
+ * multiset union of all patterns is an online softmax whose key stream is the
+ * concatenation of the patterns' key sets: the running (max, sum, accumulator)
+ * of every query lives in global state (acc in `out`) and each pattern's pass
+ * continues it. Within one pattern, every (query, head) belongs to exactly one
+ * work item, so passes are race-free; patterns run one after another.
+ *
+ * Backward: dK/dV per key tile (a work item owns the rows of one kv head at one
+ * offset, so heads sharing a kv head and an offset are summed inside the item),
+ * then dQ per query tile, both recomputing P from the global LSE. Every item runs
+ * in a fixed order on one thread: results are bit-identical for any thread count. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attention/dilated_attention.h"
+#include "attention/params.h"
+#include "common/error.h"
+
+/* Query and key tile rows: 64 x 64 fp32 scores plus the Q/K/V tiles stay inside a
+ * 1 MiB L2 for head_dim up to 256. */
+#define DA_CPU_TILE_Q 64
+#define DA_CPU_TILE_K 64
+
+/* Hot loops are compiled for AVX-512, AVX2 and baseline x86-64, picked at load
+ * time. Sanitizer builds use the baseline only (ifunc resolvers run before the
+ * sanitizer runtime is up). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(__SANITIZE_ADDRESS__)
+#define DA_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define DA_CPU_CLONES
+#endif
+
+/* e^x for the softmax (x <= 0 in practice), vectorisable, ~1 ulp: Cody-Waite
+ * reduction to 2^k * e^f with |f| <= ln2/2 and Cephes' degree-6 polynomial.
+ * x < -87 gives 0 (that includes -inf: masked scores); NaN stays NaN. */
+static inline float exp_softmax(float x) {
+  const float log2e = 1.44269504088896341f;
+  const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+  float xc = x < -87.0f ? -87.0f : x;
+  float k = floorf(xc * log2e + 0.5f);
+  float f = xc - k * ln2_hi - k * ln2_lo;
+  float p = 1.9875691500e-4f;
+  p = p * f + 1.3981999507e-3f;
+  p = p * f + 8.3334519073e-3f;
+  p = p * f + 4.1665795894e-2f;
+  p = p * f + 1.6666665459e-1f;
+  p = p * f + 5.0000001201e-1f;
+  float y = p * f * f + f + 1.0f;
+  union { int32_t i; float f; } two_k = {.i = ((int32_t)k + 127) << 23};
+  return x < -87.0f ? 0.0f : y * two_k.f;
+}
+
+/* One (sequence, pattern, head, segment) slice: its selected rows are tokens
+ * first + t * r for t in [0, count). */
+typedef struct {
+  int64_t first;  /* token of dilated index 0 */
+  int64_t count;  /* selected rows in this segment */
+  int64_t stride; /* r, in tokens */
+} dilated_rows;
+
+/* Resolves work item (head j, segment/tile index idx) of pattern i in sequence s.
+ * Returns 0 when the item is empty (no such tile for this head's offset). */
+static int item_rows(const da_attn_plan* plan, int64_t seq_start, int64_t n, int i, int j,
+                     int64_t idx, int64_t tiles_per_segment, int64_t tile_rows,
+                     dilated_rows* rows, int64_t* tile_begin) {
+  if (!da_attn_uses_pattern(plan, i, j)) return 0;
+  int64_t w = plan->w[i], r = plan->r[i];
+  int64_t seg = idx / tiles_per_segment, tile = idx % tiles_per_segment;
+  int64_t a = seg * w;
+  if (a >= n) return 0;
+  int o = da_attn_offset(plan, i, j);
+  int64_t len = n - a < w ? n - a : w;
+  rows->count = da_attn_selected(len, (int)r, o);
+  rows->first = seq_start + a + o;
+  rows->stride = r;
+  *tile_begin = tile * tile_rows;
+  return *tile_begin < rows->count;
+}
+
+/* Tile rows [t0, t0 + nt) of head `head` (of `heads`) of x: [tokens, heads, d]. */
+static inline const float* row_ptr(const float* x, const dilated_rows* rows, int64_t t,
+                                   int heads, int head, int d) {
+  return x + ((size_t)(rows->first + t * rows->stride) * heads + head) * d;
+}
+
+static inline void load_rows(float* dst, const float* x, const dilated_rows* rows, int64_t t0,
+                             int nt, int heads, int head, int d, float mul) {
+  for (int t = 0; t < nt; t++) {
+    const float* src = row_ptr(x, rows, t0 + t, heads, head, d);
+    for (int c = 0; c < d; c++) dst[(size_t)t * d + c] = src[c] * mul;
+  }
+}
+
+/* dst[c][t] = x row t0 + t, column c: keys laid out so score loops run along t. */
+static inline void load_rows_transposed(float* dst, const float* x, const dilated_rows* rows,
+                                        int64_t t0, int nt, int heads, int head, int d) {
+  for (int t = 0; t < nt; t++) {
+    const float* src = row_ptr(x, rows, t0 + t, heads, head, d);
+    for (int c = 0; c < d; c++) dst[(size_t)c * DA_CPU_TILE_K + t] = src[c];
+  }
+}
+
+/* s[x][t] = a[x] . bT[:, t] for x < na, t < nt (a: [na][d], bT: [d][TILE_K]). */
+static inline void tile_dot(float* s, const float* a, const float* bT, int na, int nt, int d) {
+  for (int x = 0; x < na; x++) {
+    float* srow = s + (size_t)x * DA_CPU_TILE_K;
+    for (int t = 0; t < nt; t++) srow[t] = 0.0f;
+    const float* arow = a + (size_t)x * d;
+    for (int c = 0; c < d; c++) {
+      float av = arow[c];
+      const float* brow = bT + (size_t)c * DA_CPU_TILE_K;
+      for (int t = 0; t < nt; t++) srow[t] += av * brow[t];
+    }
+  }
+}
+
+/* Causal mask inside a tile: query index q0 + x sees key index k0 + t <= q0 + x. */
+static inline int tile_needs_mask(int causal, int64_t q0, int64_t k0, int nt) {
+  return causal && k0 + nt - 1 > q0;
+}
+
+/* Per-thread scratch, all tiles of one work item. */
+typedef struct {
+  float* q;    /* [TILE_Q][d] queries (pre-scaled by the softmax scale)  */
+  float* kT;   /* [d][TILE_K] keys, transposed                              */
+  float* vT;   /* [d][TILE_K] values, transposed (backward: dO . v)        */
+  float* kv;   /* [TILE_K][d] values (forward) or keys (backward dQ)       */
+  float* s;    /* [TILE_Q][TILE_K] scores / probabilities                  */
+  float* ds;   /* [TILE_Q][TILE_K] dP, then dS                              */
+  float* acc;  /* [TILE_Q][d] forward accumulator, or dQ                    */
+  float* dO;   /* [TILE_Q][d] output gradient                               */
+  float* dk;   /* [TILE_K][d]                                               */
+  float* dv;   /* [TILE_K][d]                                               */
+  float* row_a; /* [TILE_Q] running max / LSE                                 */
+  float* row_b; /* [TILE_Q] running sum / D                                  */
+} workspace;
+
+static size_t workspace_floats(int d) {
+  size_t tq = DA_CPU_TILE_Q, tk = DA_CPU_TILE_K;
+  return tq * d * 3 + tk * d * 5 + tq * tk * 2 + tq * 2 + 64;
+}
+
+static workspace workspace_at(float* base, int d) {
+  size_t tq = DA_CPU_TILE_Q, tk = DA_CPU_TILE_K;
+  workspace ws;
+  ws.q = base;
+  ws.acc = ws.q + tq * d;
+  ws.dO = ws.acc + tq * d;
+  ws.kT = ws.dO + tq * d;
+  ws.vT = ws.kT + tk * d;
+  ws.kv = ws.vT + tk * d;
+  ws.dk = ws.kv + tk * d;
+  ws.dv = ws.dk + tk * d;
+  ws.s = ws.dv + tk * d;
+  ws.ds = ws.s + tq * tk;
+  ws.row_a = ws.ds + tq * tk;
+  ws.row_b = ws.row_a + tq;
+  return ws;
+}
+
+/* Per-call allocation: one workspace per thread, 64-byte aligned. */
+static float* workspaces_alloc(int threads, int d, size_t* stride) {
+  *stride = (workspace_floats(d) + 15) & ~(size_t)15;
+  return aligned_alloc(64, *stride * threads * sizeof(float));
+}
+
+/* ---------------------------------------------------------------- forward */
+
+/* Global online-softmax state of every (token, head): running max m and sum l;
+ * the accumulator lives in out. */
+typedef struct {
+  float* m;
+  float* l;
+} softmax_state;
+
+DA_CPU_CLONES
+static void forward_item(const da_attn_plan* plan, const float* q, const float* k,
+                         const float* v, float* out, softmax_state st, int j,
+                         const dilated_rows* rows, int64_t q0, workspace ws) {
+  const int h = plan->h, hk = plan->h_kv, d = plan->d, g = j / (h / hk);
+  const int nq = (int)(rows->count - q0 < DA_CPU_TILE_Q ? rows->count - q0 : DA_CPU_TILE_Q);
+  load_rows(ws.q, q, rows, q0, nq, h, j, d, plan->scale);
+  for (int x = 0; x < nq; x++) {
+    size_t at = (size_t)(rows->first + (q0 + x) * rows->stride) * h + j;
+    ws.row_a[x] = st.m[at];
+    ws.row_b[x] = st.l[at];
+    memcpy(ws.acc + (size_t)x * d, out + at * d, sizeof(float) * d);
+  }
+  const int64_t key_end = plan->causal ? q0 + nq : rows->count;
+  for (int64_t k0 = 0; k0 < key_end; k0 += DA_CPU_TILE_K) {
+    const int nk = (int)(key_end - k0 < DA_CPU_TILE_K ? key_end - k0 : DA_CPU_TILE_K);
+    load_rows_transposed(ws.kT, k, rows, k0, nk, hk, g, d);
+    load_rows(ws.kv, v, rows, k0, nk, hk, g, d, 1.0f);
+    tile_dot(ws.s, ws.q, ws.kT, nq, nk, d);
+    const int masked = tile_needs_mask(plan->causal, q0, k0, nk);
+    for (int x = 0; x < nq; x++) {
+      float* srow = ws.s + (size_t)x * DA_CPU_TILE_K;
+      int visible = masked ? (int)(q0 + x - k0 + 1) : nk;
+      if (visible <= 0) continue;
+      if (visible > nk) visible = nk;
+      float tile_max = -INFINITY;
+      for (int t = 0; t < visible; t++) tile_max = srow[t] > tile_max ? srow[t] : tile_max;
+      float m_old = ws.row_a[x];
+      float m_new = tile_max > m_old ? tile_max : m_old;
+      float alpha = exp_softmax(m_old - m_new);
+      float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+      for (int t = 0; t < visible; t++) {
+        srow[t] = exp_softmax(srow[t] - m_new);
+        sum += srow[t];
+      }
+      ws.row_a[x] = m_new;
+      ws.row_b[x] = ws.row_b[x] * alpha + sum;
+      float* acc = ws.acc + (size_t)x * d;
+      for (int c = 0; c < d; c++) acc[c] *= alpha;
+      for (int t = 0; t < visible; t++) {
+        const float p = srow[t];
+        const float* vrow = ws.kv + (size_t)t * d;
+        for (int c = 0; c < d; c++) acc[c] += p * vrow[c];
+      }
+    }
+  }
+  for (int x = 0; x < nq; x++) {
+    size_t at = (size_t)(rows->first + (q0 + x) * rows->stride) * h + j;
+    st.m[at] = ws.row_a[x];
+    st.l[at] = ws.row_b[x];
+    memcpy(out + at * d, ws.acc + (size_t)x * d, sizeof(float) * d);
+  }
+}
+
+static int64_t tiles_per_segment(const da_attn_plan* plan, int i, int tile_rows) {
+  int64_t most = (plan->w[i] + plan->r[i] - 1) / plan->r[i];
+  return (most + tile_rows - 1) / tile_rows;
+}
+
+static int64_t segments_of(int64_t n, int w) { return (n + w - 1) / w; }
+
+static da_status check_forward_buffers(const da_attn_plan* plan, const float* q, const float* k,
+                                       const float* v, const float* out, const float* lse) {
+  if (q == NULL) return da_error_set(DA_STATUS_INVALID_ARGUMENT, "q must not be NULL");
+  if (k == NULL) return da_error_set(DA_STATUS_INVALID_ARGUMENT, "k must not be NULL");
+  if (v == NULL) return da_error_set(DA_STATUS_INVALID_ARGUMENT, "v must not be NULL");
+  if (out == NULL) return da_error_set(DA_STATUS_INVALID_ARGUMENT, "out must not be NULL");
+  size_t q_bytes = (size_t)plan->tokens * plan->h * plan->d * sizeof(float);
+  size_t kv_bytes = (size_t)plan->tokens * plan->h_kv * plan->d * sizeof(float);
+  size_t lse_bytes = (size_t)plan->tokens * plan->h * sizeof(float);
+  da_status st = DA_STATUS_SUCCESS;
+  if (!st) st = da_attn_check_disjoint(out, q_bytes, "out", q, q_bytes, "q");
+  if (!st) st = da_attn_check_disjoint(out, q_bytes, "out", k, kv_bytes, "k");
+  if (!st) st = da_attn_check_disjoint(out, q_bytes, "out", v, kv_bytes, "v");
+  if (lse != NULL) {
+    if (!st) st = da_attn_check_disjoint(lse, lse_bytes, "lse", out, q_bytes, "out");
+    if (!st) st = da_attn_check_disjoint(lse, lse_bytes, "lse", q, q_bytes, "q");
+    if (!st) st = da_attn_check_disjoint(lse, lse_bytes, "lse", k, kv_bytes, "k");
+    if (!st) st = da_attn_check_disjoint(lse, lse_bytes, "lse", v, kv_bytes, "v");
+  }
+  return st;
+}
+
+da_status da_attention_forward_cpu(const da_attention_params* params,
+                                   const da_attention_batch* batch, const float* q,
+                                   const float* k, const float* v, float* out, float* lse) {
+  da_error_clear();
+  da_attn_plan plan;
+  da_status status = da_attn_plan_init(params, batch, &plan);
+  if (status) return status;
+  status = check_forward_buffers(&plan, q, k, v, out, lse);
+  if (status) return status;
+
+  const size_t rows_h = (size_t)plan.tokens * plan.h;
+  const int d = plan.d;
+  const int threads = omp_get_max_threads();
+  size_t ws_stride = 0;
+  softmax_state st = {malloc(rows_h * sizeof(float)), malloc(rows_h * sizeof(float))};
+  float* ws_base = workspaces_alloc(threads, d, &ws_stride);
+  if (st.m == NULL || st.l == NULL || ws_base == NULL) {
+    status = da_error_set(DA_STATUS_OUT_OF_MEMORY,
+                          "could not allocate %zu bytes of softmax state and workspace",
+                          rows_h * 2 * sizeof(float) + ws_stride * threads * sizeof(float));
+    goto done;
+  }
+
+#pragma omp parallel num_threads(threads)
+  {
+    workspace ws = workspace_at(ws_base + ws_stride * omp_get_thread_num(), d);
+#pragma omp for schedule(static)
+    for (size_t x = 0; x < rows_h; x++) {
+      st.m[x] = -INFINITY;
+      st.l[x] = 0.0f;
+      memset(out + x * d, 0, sizeof(float) * d);
+    }
+    for (int i = 0; i < plan.num_patterns; i++) {
+      const int64_t tps = tiles_per_segment(&plan, i, DA_CPU_TILE_Q);
+      for (int64_t s = 0; s < plan.batch; s++) {
+        const int64_t n = da_attn_seq_len(&plan, s), start = da_attn_seq_start(&plan, s);
+        const int64_t items = segments_of(n, plan.w[i]) * tps;
+#pragma omp for collapse(2) schedule(dynamic, 1)
+        for (int j = 0; j < plan.h; j++) {
+          for (int64_t idx = 0; idx < items; idx++) {
+            dilated_rows rows;
+            int64_t q0;
+            if (item_rows(&plan, start, n, i, j, idx, tps, DA_CPU_TILE_Q, &rows, &q0))
+              forward_item(&plan, q, k, v, out, st, j, &rows, q0, ws);
+          }
+        }
+      }
+    }
+#pragma omp for schedule(static)
+    for (size_t x = 0; x < rows_h; x++) {
+      const float l = st.l[x];
+      if (l > 0.0f) {
+        const float inv = 1.0f / l;
+        for (int c = 0; c < d; c++) out[x * d + c] *= inv;
+      }
+      if (lse != NULL) lse[x] = l > 0.0f ? st.m[x] + logf(l) : -INFINITY;
+    }
+  }
+
+done:
+  free(st.m);
+  free(st.l);
+  free(ws_base);
+  return status;
+}
+
+/* --------------------------------------------------------------- backward */
+
+/* Recomputes P = exp(s - lse) for a (query tile, key tile) into ws.s and
+ * dS = P * (dO.v - D) into ws.ds; ws.q (scaled), ws.dO, ws.row_a (LSE),
+ * ws.row_b (D), ws.kT and ws.vT must be loaded. Masked entries get P = dS = 0. */
+static inline void tile_probabilities(const da_attn_plan* plan, workspace ws, int nq, int nk,
+                                      int64_t q0, int64_t k0) {
+  tile_dot(ws.s, ws.q, ws.kT, nq, nk, plan->d);
+  tile_dot(ws.ds, ws.dO, ws.vT, nq, nk, plan->d);
+  const int masked = tile_needs_mask(plan->causal, q0, k0, nk);
+  for (int x = 0; x < nq; x++) {
+    float* p = ws.s + (size_t)x * DA_CPU_TILE_K;
+    float* ds = ws.ds + (size_t)x * DA_CPU_TILE_K;
+    const float lse = ws.row_a[x], dd = ws.row_b[x];
+    int visible = masked ? (int)(q0 + x - k0 + 1) : nk;
+    if (visible < 0) visible = 0;
+    if (visible > nk) visible = nk;
+    for (int t = 0; t < visible; t++) {
+      p[t] = exp_softmax(p[t] - lse);
+      ds[t] = p[t] * (ds[t] - dd);
+    }
+    for (int t = visible; t < nk; t++) p[t] = ds[t] = 0.0f;
+  }
+}
+
+/* Loads the query-side tile of head j: scaled q, dO, LSE and D. */
+static inline void load_query_side(const da_attn_plan* plan, const float* q, const float* dout,
+                                   const float* lse, const float* delta, workspace ws, int j,
+                                   const dilated_rows* rows, int64_t q0, int nq) {
+  const int h = plan->h, d = plan->d;
+  load_rows(ws.q, q, rows, q0, nq, h, j, d, plan->scale);
+  load_rows(ws.dO, dout, rows, q0, nq, h, j, d, 1.0f);
+  for (int x = 0; x < nq; x++) {
+    size_t at = (size_t)(rows->first + (q0 + x) * rows->stride) * h + j;
+    ws.row_a[x] = lse[at];
+    ws.row_b[x] = delta[at];
+  }
+}
+
+/* dK, dV of one key tile of kv head g at one offset: sums over every query head
+ * of g that uses pattern i at that offset and over all their query tiles. Only
+ * the first such head (rep) owns the item, so rows are never written twice. */
+DA_CPU_CLONES
+static void backward_kv_item(const da_attn_plan* plan, int i, const float* q, const float* k,
+                             const float* v, const float* dout, const float* lse,
+                             const float* delta, float* dk, float* dv, int rep,
+                             const dilated_rows* rows, int64_t k0, workspace ws) {
+  const int h = plan->h, hk = plan->h_kv, d = plan->d, group = h / hk, g = rep / group;
+  const int o = da_attn_offset(plan, i, rep);
+  for (int j = g * group; j < rep; j++)
+    if (da_attn_uses_pattern(plan, i, j) && da_attn_offset(plan, i, j) == o) return;
+  const int nk = (int)(rows->count - k0 < DA_CPU_TILE_K ? rows->count - k0 : DA_CPU_TILE_K);
+  load_rows_transposed(ws.kT, k, rows, k0, nk, hk, g, d);
+  load_rows_transposed(ws.vT, v, rows, k0, nk, hk, g, d);
+  memset(ws.dk, 0, sizeof(float) * nk * d);
+  memset(ws.dv, 0, sizeof(float) * nk * d);
+  for (int j = rep; j < (g + 1) * group; j++) {
+    if (!da_attn_uses_pattern(plan, i, j) || da_attn_offset(plan, i, j) != o) continue;
+    const int64_t q_begin = plan->causal ? k0 - k0 % DA_CPU_TILE_Q : 0;
+    for (int64_t q0 = q_begin; q0 < rows->count; q0 += DA_CPU_TILE_Q) {
+      const int nq = (int)(rows->count - q0 < DA_CPU_TILE_Q ? rows->count - q0 : DA_CPU_TILE_Q);
+      load_query_side(plan, q, dout, lse, delta, ws, j, rows, q0, nq);
+      tile_probabilities(plan, ws, nq, nk, q0, k0);
+      for (int x = 0; x < nq; x++) {
+        const float* prow = ws.s + (size_t)x * DA_CPU_TILE_K;
+        const float* dsrow = ws.ds + (size_t)x * DA_CPU_TILE_K;
+        const float* dorow = ws.dO + (size_t)x * d;
+        const float* qrow = ws.q + (size_t)x * d;
+        for (int t = 0; t < nk; t++) {
+          const float p = prow[t], dsv = dsrow[t];
+          float* dvrow = ws.dv + (size_t)t * d;
+          float* dkrow = ws.dk + (size_t)t * d;
+          for (int c = 0; c < d; c++) {
+            dvrow[c] += p * dorow[c];
+            dkrow[c] += dsv * qrow[c];  /* q is pre-scaled: this is s * dS * q */
+          }
+        }
+      }
+    }
+  }
+  for (int t = 0; t < nk; t++) {
+    size_t at = ((size_t)(rows->first + (k0 + t) * rows->stride) * hk + g) * d;
+    for (int c = 0; c < d; c++) {
+      dk[at + c] += ws.dk[(size_t)t * d + c];
+      dv[at + c] += ws.dv[(size_t)t * d + c];
+    }
+  }
+}
+
+/* dQ of one query tile of head j in one pattern. */
+DA_CPU_CLONES
+static void backward_q_item(const da_attn_plan* plan, const float* q, const float* k,
+                            const float* v, const float* dout, const float* lse,
+                            const float* delta, float* dq, int j, const dilated_rows* rows,
+                            int64_t q0, workspace ws) {
+  const int h = plan->h, hk = plan->h_kv, d = plan->d, g = j / (h / hk);
+  const int nq = (int)(rows->count - q0 < DA_CPU_TILE_Q ? rows->count - q0 : DA_CPU_TILE_Q);
+  load_query_side(plan, q, dout, lse, delta, ws, j, rows, q0, nq);
+  memset(ws.acc, 0, sizeof(float) * nq * d);
+  const int64_t key_end = plan->causal ? q0 + nq : rows->count;
+  for (int64_t k0 = 0; k0 < key_end; k0 += DA_CPU_TILE_K) {
+    const int nk = (int)(key_end - k0 < DA_CPU_TILE_K ? key_end - k0 : DA_CPU_TILE_K);
+    load_rows_transposed(ws.kT, k, rows, k0, nk, hk, g, d);
+    load_rows_transposed(ws.vT, v, rows, k0, nk, hk, g, d);
+    load_rows(ws.kv, k, rows, k0, nk, hk, g, d, 1.0f);
+    tile_probabilities(plan, ws, nq, nk, q0, k0);
+    for (int x = 0; x < nq; x++) {
+      const float* dsrow = ws.ds + (size_t)x * DA_CPU_TILE_K;
+      float* acc = ws.acc + (size_t)x * d;
+      for (int t = 0; t < nk; t++) {
+        const float dsv = dsrow[t];
+        const float* krow = ws.kv + (size_t)t * d;
+        for (int c = 0; c < d; c++) acc[c] += dsv * krow[c];
+      }
+    }
+  }
+  for (int x = 0; x < nq; x++) {
+    float* dst = dq + ((size_t)(rows->first + (q0 + x) * rows->stride) * h + j) * d;
+    for (int c = 0; c < d; c++) dst[c] += plan->scale * ws.acc[(size_t)x * d + c];
+  }
+}
+
+static da_status check_backward_buffers(const da_attn_plan* plan, const float* q,
+                                        const float* k, const float* v, const float* out,
+                                        const float* lse, const float* dout, const float* dq,
+                                        const float* dk, const float* dv) {
+  const struct {
+    const void* p;
+    const char* name;
+  } required[] = {{q, "q"},       {k, "k"},   {v, "v"},   {out, "out"}, {lse, "lse"},
+                  {dout, "dout"}, {dq, "dq"}, {dk, "dk"}, {dv, "dv"}};
+  for (size_t x = 0; x < sizeof required / sizeof required[0]; x++)
+    if (required[x].p == NULL)
+      return da_error_set(DA_STATUS_INVALID_ARGUMENT, "%s must not be NULL", required[x].name);
+  size_t q_bytes = (size_t)plan->tokens * plan->h * plan->d * sizeof(float);
+  size_t kv_bytes = (size_t)plan->tokens * plan->h_kv * plan->d * sizeof(float);
+  size_t lse_bytes = (size_t)plan->tokens * plan->h * sizeof(float);
+  const struct {
+    const void* p;
+    size_t bytes;
+    const char* name;
+  } outputs[] = {{dq, q_bytes, "dq"}, {dk, kv_bytes, "dk"}, {dv, kv_bytes, "dv"}},
+    others[] = {{q, q_bytes, "q"},         {k, kv_bytes, "k"},     {v, kv_bytes, "v"},
+                {out, q_bytes, "out"},     {lse, lse_bytes, "lse"}, {dout, q_bytes, "dout"},
+                {dq, q_bytes, "dq"},       {dk, kv_bytes, "dk"},   {dv, kv_bytes, "dv"}};
+  for (size_t a = 0; a < 3; a++)
+    for (size_t b = 0; b < sizeof others / sizeof others[0]; b++) {
+      if (others[b].p == outputs[a].p && others[b].name == outputs[a].name) continue;
+      da_status st = da_attn_check_disjoint(outputs[a].p, outputs[a].bytes, outputs[a].name,
+                                            others[b].p, others[b].bytes, others[b].name);
+      if (st) return st;
+    }
+  return DA_STATUS_SUCCESS;
+}
+
+da_status da_attention_backward_cpu(const da_attention_params* params,
+                                    const da_attention_batch* batch, const float* q,
+                                    const float* k, const float* v, const float* out,
+                                    const float* lse, const float* dout, float* dq, float* dk,
+                                    float* dv) {
+  da_error_clear();
+  da_attn_plan plan;
+  da_status status = da_attn_plan_init(params, batch, &plan);
+  if (status) return status;
+  status = check_backward_buffers(&plan, q, k, v, out, lse, dout, dq, dk, dv);
+  if (status) return status;
+
+  const size_t rows_h = (size_t)plan.tokens * plan.h, rows_kv = (size_t)plan.tokens * plan.h_kv;
+  const int d = plan.d;
+  const int threads = omp_get_max_threads();
+  size_t ws_stride = 0;
+  float* delta = malloc(rows_h * sizeof(float));
+  float* ws_base = workspaces_alloc(threads, d, &ws_stride);
+  if (delta == NULL || ws_base == NULL) {
+    status = da_error_set(DA_STATUS_OUT_OF_MEMORY,
+                          "could not allocate %zu bytes of backward workspace",
+                          rows_h * sizeof(float) + ws_stride * threads * sizeof(float));
+    goto done;
+  }
+
+#pragma omp parallel num_threads(threads)
+  {
+    workspace ws = workspace_at(ws_base + ws_stride * omp_get_thread_num(), d);
+#pragma omp for schedule(static)
+    for (size_t x = 0; x < rows_h; x++) {
+      double dot = 0.0;
+      for (int c = 0; c < d; c++) dot += (double)dout[x * d + c] * out[x * d + c];
+      delta[x] = (float)dot;
+      memset(dq + x * d, 0, sizeof(float) * d);
+    }
+#pragma omp for schedule(static)
+    for (size_t x = 0; x < rows_kv; x++) {
+      memset(dk + x * d, 0, sizeof(float) * d);
+      memset(dv + x * d, 0, sizeof(float) * d);
+    }
+    for (int i = 0; i < plan.num_patterns; i++) {
+      const int64_t tps_k = tiles_per_segment(&plan, i, DA_CPU_TILE_K);
+      const int64_t tps_q = tiles_per_segment(&plan, i, DA_CPU_TILE_Q);
+      for (int64_t s = 0; s < plan.batch; s++) {
+        const int64_t n = da_attn_seq_len(&plan, s), start = da_attn_seq_start(&plan, s);
+        const int64_t kv_items = segments_of(n, plan.w[i]) * tps_k;
+        const int64_t q_items = segments_of(n, plan.w[i]) * tps_q;
+#pragma omp for collapse(2) schedule(dynamic, 1) nowait
+        for (int j = 0; j < plan.h; j++) {
+          for (int64_t idx = 0; idx < kv_items; idx++) {
+            dilated_rows rows;
+            int64_t k0;
+            if (item_rows(&plan, start, n, i, j, idx, tps_k, DA_CPU_TILE_K, &rows, &k0))
+              backward_kv_item(&plan, i, q, k, v, dout, lse, delta, dk, dv, j, &rows, k0, ws);
+          }
+        }
+        /* dQ items write dq only and read no dk/dv: they may overlap the loop above. */
+#pragma omp for collapse(2) schedule(dynamic, 1)
+        for (int j = 0; j < plan.h; j++) {
+          for (int64_t idx = 0; idx < q_items; idx++) {
+            dilated_rows rows;
+            int64_t q0;
+            if (item_rows(&plan, start, n, i, j, idx, tps_q, DA_CPU_TILE_Q, &rows, &q0))
+              backward_q_item(&plan, q, k, v, dout, lse, delta, dq, j, &rows, q0, ws);
+          }
+        }
+      }
+    }
+  }
+
+done:
+  free(delta);
+  free(ws_base);
+  return status;
+}

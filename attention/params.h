@@ -1,0 +1,72 @@
+/* params.h: validated, resolved attention parameters and the selection rules of
+ * the semantics (which heads use which pattern, at which offset). Internal to the
+ * attention component; every backend computes selections through these. */
+#ifndef DA_ATTENTION_PARAMS_H
+#define DA_ATTENTION_PARAMS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attention/dilated_attention.h"
+
+typedef struct {
+  int num_patterns;
+  int w[DA_MAX_PATTERNS];
+  int r[DA_MAX_PATTERNS];
+  da_attention_mode mode;
+  da_offset_policy offset; /* never DA_OFFSET_DEFAULT once resolved */
+  int causal;
+  float scale;
+  int h, h_kv, d;
+  int64_t batch;
+  int64_t seqlen;           /* when cu_seqlens is NULL */
+  const int64_t* cu_seqlens; /* borrowed from the caller for the call */
+  int64_t tokens;
+} da_attn_plan;
+
+/* Validates params and batch (every rule of dilated_attention.h) and fills plan. */
+da_status da_attn_plan_init(const da_attention_params* params, const da_attention_batch* batch,
+                            da_attn_plan* plan);
+
+static inline int64_t da_attn_seq_start(const da_attn_plan* plan, int64_t s) {
+  return plan->cu_seqlens ? plan->cu_seqlens[s] : s * plan->seqlen;
+}
+
+static inline int64_t da_attn_seq_len(const da_attn_plan* plan, int64_t s) {
+  return plan->cu_seqlens ? plan->cu_seqlens[s + 1] - plan->cu_seqlens[s] : plan->seqlen;
+}
+
+/* Head group of head j when h heads are split into k groups, the first h mod k
+ * groups one head larger (fkodom's split). */
+static inline int da_attn_head_group(int j, int h, int k) {
+  int base = h / k, extra = h % k;
+  int big = extra * (base + 1);
+  return j < big ? j / (base + 1) : extra + (j - big) / base;
+}
+
+/* Whether head j attends with pattern i. */
+static inline int da_attn_uses_pattern(const da_attn_plan* plan, int i, int j) {
+  return plan->mode == DA_MODE_LONGNET || da_attn_head_group(j, plan->h, plan->num_patterns) == i;
+}
+
+/* Offset o in [0, r_i) of head j's selected positions inside pattern i's segments. */
+static inline int da_attn_offset(const da_attn_plan* plan, int i, int j) {
+  int r = plan->r[i];
+  switch (plan->offset) {
+    case DA_OFFSET_GROUP: return da_attn_head_group(j, plan->h, plan->num_patterns) % r;
+    case DA_OFFSET_BLOCK: return j / ((plan->h + r - 1) / r);
+    default: return j % r;
+  }
+}
+
+/* Number of positions selected at offset o in a segment of length seg_len with
+ * dilation r (0 when o >= seg_len). */
+static inline int64_t da_attn_selected(int64_t seg_len, int r, int o) {
+  return o < seg_len ? (seg_len - o + r - 1) / r : 0;
+}
+
+/* DA_STATUS_INVALID_ARGUMENT naming a and b when the byte ranges overlap. */
+da_status da_attn_check_disjoint(const void* a, size_t a_bytes, const char* a_name,
+                                 const void* b, size_t b_bytes, const char* b_name);
+
+#endif /* DA_ATTENTION_PARAMS_H */
