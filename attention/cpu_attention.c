@@ -37,10 +37,14 @@
 #define DA_CPU_CLONES
 #endif
 
+/* Helpers of the cloned hot functions must be inlined into each clone to be
+ * compiled for its target. */
+#define DA_INLINE static inline __attribute__((always_inline))
+
 /* e^x for the softmax (x <= 0 in practice), vectorisable, ~1 ulp: Cody-Waite
  * reduction to 2^k * e^f with |f| <= ln2/2 and Cephes' degree-6 polynomial.
  * x < -87 gives 0 (that includes -inf: masked scores); NaN stays NaN. */
-static inline float exp_softmax(float x) {
+DA_INLINE float exp_softmax(float x) {
   const float log2e = 1.44269504088896341f;
   const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
   float xc = x < -87.0f ? -87.0f : x;
@@ -85,12 +89,12 @@ static int item_rows(const da_attn_plan* plan, int64_t seq_start, int64_t n, int
 }
 
 /* Tile rows [t0, t0 + nt) of head `head` (of `heads`) of x: [tokens, heads, d]. */
-static inline const float* row_ptr(const float* x, const dilated_rows* rows, int64_t t,
+DA_INLINE const float* row_ptr(const float* x, const dilated_rows* rows, int64_t t,
                                    int heads, int head, int d) {
   return x + ((size_t)(rows->first + t * rows->stride) * heads + head) * d;
 }
 
-static inline void load_rows(float* dst, const float* x, const dilated_rows* rows, int64_t t0,
+DA_INLINE void load_rows(float* dst, const float* x, const dilated_rows* rows, int64_t t0,
                              int nt, int heads, int head, int d, float mul) {
   for (int t = 0; t < nt; t++) {
     const float* src = row_ptr(x, rows, t0 + t, heads, head, d);
@@ -98,31 +102,82 @@ static inline void load_rows(float* dst, const float* x, const dilated_rows* row
   }
 }
 
-/* dst[c][t] = x row t0 + t, column c: keys laid out so score loops run along t. */
-static inline void load_rows_transposed(float* dst, const float* x, const dilated_rows* rows,
+/* dst[c][t] = x row t0 + t, column c: keys laid out so score rows run along t.
+ * Columns past nt are zeroed so every tile product can run full width. */
+DA_INLINE void load_rows_transposed(float* dst, const float* x, const dilated_rows* rows,
                                         int64_t t0, int nt, int heads, int head, int d) {
   for (int t = 0; t < nt; t++) {
     const float* src = row_ptr(x, rows, t0 + t, heads, head, d);
     for (int c = 0; c < d; c++) dst[(size_t)c * DA_CPU_TILE_K + t] = src[c];
   }
+  if (nt < DA_CPU_TILE_K)
+    for (int c = 0; c < d; c++)
+      memset(dst + (size_t)c * DA_CPU_TILE_K + nt, 0, sizeof(float) * (DA_CPU_TILE_K - nt));
 }
 
-/* s[x][t] = a[x] . bT[:, t] for x < na, t < nt (a: [na][d], bT: [d][TILE_K]). */
-static inline void tile_dot(float* s, const float* a, const float* bT, int na, int nt, int d) {
-  for (int x = 0; x < na; x++) {
-    float* srow = s + (size_t)x * DA_CPU_TILE_K;
-    for (int t = 0; t < nt; t++) srow[t] = 0.0f;
-    const float* arow = a + (size_t)x * d;
-    for (int c = 0; c < d; c++) {
-      float av = arow[c];
-      const float* brow = bT + (size_t)c * DA_CPU_TILE_K;
-      for (int t = 0; t < nt; t++) srow[t] += av * brow[t];
+/* 16 floats: one AVX-512 register, two AVX2 registers, four SSE registers; GCC
+ * lowers the vector extension to whatever the clone's target has. */
+typedef float f32x16 __attribute__((vector_size(64)));
+
+DA_INLINE f32x16 vload(const float* p) {
+  f32x16 v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+DA_INLINE void vstore(float* p, f32x16 v) { memcpy(p, &v, sizeof v); }
+
+/* The one tile product every pass uses:
+ *   C[i][0:n] (+)= sum_{l < kk} A(i, l) * B[l][0:n]   for i < m,
+ * with A(i, l) = a[i * a_row + l * a_col] (so A may be read transposed) and B
+ * row-major with leading dimension ldb. Register-blocked 4 rows x 64 columns (16
+ * accumulators); columns past the last multiple of 64 run scalar. */
+DA_INLINE void tile_matmul(float* c, size_t ldc, const float* a, size_t a_row, size_t a_col,
+                               const float* b, size_t ldb, int m, int kk, int n,
+                               int accumulate) {
+  const int n64 = n & ~63;
+  for (int i0 = 0; i0 < m; i0 += 4) {
+    const int mi = m - i0 < 4 ? m - i0 : 4;
+    const float* arow[4];
+    for (int r = 0; r < 4; r++) arow[r] = a + (size_t)(i0 + (r < mi ? r : mi - 1)) * a_row;
+    for (int j0 = 0; j0 < n64; j0 += 64) {
+      f32x16 acc[4][4];
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; v++)
+          acc[r][v] = accumulate && r < mi ? vload(c + (size_t)(i0 + r) * ldc + j0 + 16 * v)
+                                           : (f32x16){0};
+      for (int l = 0; l < kk; l++) {
+        const float* brow = b + (size_t)l * ldb + j0;
+        const f32x16 b0 = vload(brow), b1 = vload(brow + 16), b2 = vload(brow + 32),
+                     b3 = vload(brow + 48);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+          const float av = arow[r][(size_t)l * a_col];
+          acc[r][0] += av * b0;
+          acc[r][1] += av * b1;
+          acc[r][2] += av * b2;
+          acc[r][3] += av * b3;
+        }
+      }
+      for (int r = 0; r < mi; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; v++) vstore(c + (size_t)(i0 + r) * ldc + j0 + 16 * v, acc[r][v]);
+    }
+    for (int r = 0; r < mi; r++) {
+      float* crow = c + (size_t)(i0 + r) * ldc;
+      for (int j = n64; j < n; j++) {
+        float sum = accumulate ? crow[j] : 0.0f;
+        for (int l = 0; l < kk; l++) sum += arow[r][(size_t)l * a_col] * b[(size_t)l * ldb + j];
+        crow[j] = sum;
+      }
     }
   }
 }
 
 /* Causal mask inside a tile: query index q0 + x sees key index k0 + t <= q0 + x. */
-static inline int tile_needs_mask(int causal, int64_t q0, int64_t k0, int nt) {
+DA_INLINE int tile_needs_mask(int causal, int64_t q0, int64_t k0, int nt) {
   return causal && k0 + nt - 1 > q0;
 }
 
@@ -198,18 +253,20 @@ static void forward_item(const da_attn_plan* plan, const float* q, const float* 
     const int nk = (int)(key_end - k0 < DA_CPU_TILE_K ? key_end - k0 : DA_CPU_TILE_K);
     load_rows_transposed(ws.kT, k, rows, k0, nk, hk, g, d);
     load_rows(ws.kv, v, rows, k0, nk, hk, g, d, 1.0f);
-    tile_dot(ws.s, ws.q, ws.kT, nq, nk, d);
+    tile_matmul(ws.s, DA_CPU_TILE_K, ws.q, d, 1, ws.kT, DA_CPU_TILE_K, nq, d, DA_CPU_TILE_K, 0);
     const int masked = tile_needs_mask(plan->causal, q0, k0, nk);
     for (int x = 0; x < nq; x++) {
       float* srow = ws.s + (size_t)x * DA_CPU_TILE_K;
       int visible = masked ? (int)(q0 + x - k0 + 1) : nk;
-      if (visible <= 0) continue;
+      if (visible < 0) visible = 0;
       if (visible > nk) visible = nk;
       float tile_max = -INFINITY;
       for (int t = 0; t < visible; t++) tile_max = srow[t] > tile_max ? srow[t] : tile_max;
-      float m_old = ws.row_a[x];
-      float m_new = tile_max > m_old ? tile_max : m_old;
-      float alpha = exp_softmax(m_old - m_new);
+      for (int t = visible; t < nk; t++) srow[t] = 0.0f;
+      if (visible == 0) continue; /* row fully masked: P = 0, state unchanged */
+      const float m_old = ws.row_a[x];
+      const float m_new = tile_max > m_old ? tile_max : m_old;
+      const float alpha = exp_softmax(m_old - m_new);
       float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
       for (int t = 0; t < visible; t++) {
@@ -220,12 +277,8 @@ static void forward_item(const da_attn_plan* plan, const float* q, const float* 
       ws.row_b[x] = ws.row_b[x] * alpha + sum;
       float* acc = ws.acc + (size_t)x * d;
       for (int c = 0; c < d; c++) acc[c] *= alpha;
-      for (int t = 0; t < visible; t++) {
-        const float p = srow[t];
-        const float* vrow = ws.kv + (size_t)t * d;
-        for (int c = 0; c < d; c++) acc[c] += p * vrow[c];
-      }
     }
+    tile_matmul(ws.acc, d, ws.s, DA_CPU_TILE_K, 1, ws.kv, d, nq, nk, d, 1);
   }
   for (int x = 0; x < nq; x++) {
     size_t at = (size_t)(rows->first + (q0 + x) * rows->stride) * h + j;
@@ -335,10 +388,11 @@ done:
 /* Recomputes P = exp(s - lse) for a (query tile, key tile) into ws.s and
  * dS = P * (dO.v - D) into ws.ds; ws.q (scaled), ws.dO, ws.row_a (LSE),
  * ws.row_b (D), ws.kT and ws.vT must be loaded. Masked entries get P = dS = 0. */
-static inline void tile_probabilities(const da_attn_plan* plan, workspace ws, int nq, int nk,
+DA_INLINE void tile_probabilities(const da_attn_plan* plan, workspace ws, int nq, int nk,
                                       int64_t q0, int64_t k0) {
-  tile_dot(ws.s, ws.q, ws.kT, nq, nk, plan->d);
-  tile_dot(ws.ds, ws.dO, ws.vT, nq, nk, plan->d);
+  const int d = plan->d;
+  tile_matmul(ws.s, DA_CPU_TILE_K, ws.q, d, 1, ws.kT, DA_CPU_TILE_K, nq, d, DA_CPU_TILE_K, 0);
+  tile_matmul(ws.ds, DA_CPU_TILE_K, ws.dO, d, 1, ws.vT, DA_CPU_TILE_K, nq, d, DA_CPU_TILE_K, 0);
   const int masked = tile_needs_mask(plan->causal, q0, k0, nk);
   for (int x = 0; x < nq; x++) {
     float* p = ws.s + (size_t)x * DA_CPU_TILE_K;
@@ -356,7 +410,7 @@ static inline void tile_probabilities(const da_attn_plan* plan, workspace ws, in
 }
 
 /* Loads the query-side tile of head j: scaled q, dO, LSE and D. */
-static inline void load_query_side(const da_attn_plan* plan, const float* q, const float* dout,
+DA_INLINE void load_query_side(const da_attn_plan* plan, const float* q, const float* dout,
                                    const float* lse, const float* delta, workspace ws, int j,
                                    const dilated_rows* rows, int64_t q0, int nq) {
   const int h = plan->h, d = plan->d;
@@ -393,21 +447,9 @@ static void backward_kv_item(const da_attn_plan* plan, int i, const float* q, co
       const int nq = (int)(rows->count - q0 < DA_CPU_TILE_Q ? rows->count - q0 : DA_CPU_TILE_Q);
       load_query_side(plan, q, dout, lse, delta, ws, j, rows, q0, nq);
       tile_probabilities(plan, ws, nq, nk, q0, k0);
-      for (int x = 0; x < nq; x++) {
-        const float* prow = ws.s + (size_t)x * DA_CPU_TILE_K;
-        const float* dsrow = ws.ds + (size_t)x * DA_CPU_TILE_K;
-        const float* dorow = ws.dO + (size_t)x * d;
-        const float* qrow = ws.q + (size_t)x * d;
-        for (int t = 0; t < nk; t++) {
-          const float p = prow[t], dsv = dsrow[t];
-          float* dvrow = ws.dv + (size_t)t * d;
-          float* dkrow = ws.dk + (size_t)t * d;
-          for (int c = 0; c < d; c++) {
-            dvrow[c] += p * dorow[c];
-            dkrow[c] += dsv * qrow[c];  /* q is pre-scaled: this is s * dS * q */
-          }
-        }
-      }
+      /* dV += P^T dO and dK += dS^T (s q): A read transposed. */
+      tile_matmul(ws.dv, d, ws.s, 1, DA_CPU_TILE_K, ws.dO, d, nk, nq, d, 1);
+      tile_matmul(ws.dk, d, ws.ds, 1, DA_CPU_TILE_K, ws.q, d, nk, nq, d, 1);
     }
   }
   for (int t = 0; t < nk; t++) {
@@ -436,15 +478,7 @@ static void backward_q_item(const da_attn_plan* plan, const float* q, const floa
     load_rows_transposed(ws.vT, v, rows, k0, nk, hk, g, d);
     load_rows(ws.kv, k, rows, k0, nk, hk, g, d, 1.0f);
     tile_probabilities(plan, ws, nq, nk, q0, k0);
-    for (int x = 0; x < nq; x++) {
-      const float* dsrow = ws.ds + (size_t)x * DA_CPU_TILE_K;
-      float* acc = ws.acc + (size_t)x * d;
-      for (int t = 0; t < nk; t++) {
-        const float dsv = dsrow[t];
-        const float* krow = ws.kv + (size_t)t * d;
-        for (int c = 0; c < d; c++) acc[c] += dsv * krow[c];
-      }
-    }
+    tile_matmul(ws.acc, d, ws.ds, DA_CPU_TILE_K, 1, ws.kv, d, nq, nk, d, 1);
   }
   for (int x = 0; x < nq; x++) {
     float* dst = dq + ((size_t)(rows->first + (q0 + x) * rows->stride) * h + j) * d;
