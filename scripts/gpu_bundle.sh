@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds (optimized) every C/C++ test binary, the benchmark programs and the shared
+# library, and copies them, stripped, into gpu_carry/ (ignored by git): the GPU
+# machine has no Bazel, so this folder travels to it and scripts/gpu_run.sh runs
+# there. Usage: scripts/gpu_bundle.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=gpu_carry
+tests=$(bazel query 'kind(cc_test, //tests/...)' 2>/dev/null)
+tools=$(bazel query 'kind(cc_binary, //tools/...)' 2>/dev/null)
+bazel build -c opt //:libdilated_attention.so $tests $tools
+rm -rf "$out"
+mkdir -p "$out/tests" "$out/tools"
+for t in $tests; do
+  path=${t#//}; path=${path/://}
+  cp "bazel-bin/$path" "$out/tests/$(echo "${t#//tests/}" | tr '/:' '__')"
+done
+for t in $tools; do
+  path=${t#//}; path=${path/://}
+  cp "bazel-bin/$path" "$out/tools/"
+done
+cp bazel-bin/libdilated_attention.so "$out/"
+chmod -R u+w "$out"
+strip --strip-unneeded "$out"/tests/* "$out"/tools/* "$out"/*.so
+du -sh "$out"

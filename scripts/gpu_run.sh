@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine over the bundle from scripts/gpu_bundle.sh: every test
+# binary, compute-sanitizer (memcheck + racecheck) on the tests named in
+# DA_GPU_SANITIZE, and the benchmarks named in DA_GPU_BENCH ("tool:arg,arg ...").
+# Logs: $OUT/logs.tgz (the device tool returns few files) and $OUT/summary.txt;
+# a short table is printed last. Usage: scripts/gpu_run.sh [bundle-dir]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bundle=${1:-gpu_carry}
+out=${OUT:-gpu_out}
+logs=$(mktemp -d)/gpu_logs
+mkdir -p "$logs" "$out"
+summary="$logs/summary.txt"
+: >"$summary"
+export NCCL_NVLS_ENABLE=0
+
+row() { printf '%-44s %s\n' "$1" "$2" | tee -a "$summary"; }
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$logs/gpu.txt" 2>&1
+row "gpu" "$(head -1 "$logs/gpu.txt")"
+
+for t in "$bundle"/tests/*; do
+  name=$(basename "$t")
+  timeout 600 "$t" >"$logs/test_$name.log" 2>&1
+  rc=$?
+  skipped=$(grep -c '\[  SKIPPED \]' "$logs/test_$name.log")
+  row "test $name" "rc=$rc skipped=$skipped"
+done
+
+sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+for t in ${DA_GPU_SANITIZE:-}; do
+  for tool in memcheck racecheck; do
+    timeout 600 "$sanitizer" --tool "$tool" --error-exitcode 9 "$bundle/tests/$t" \
+      ${DA_GPU_SANITIZE_FILTER:+--gtest_filter=$DA_GPU_SANITIZE_FILTER} \
+      >"$logs/sanitize_${tool}_$t.log" 2>&1
+    row "$tool $t" "rc=$? $(grep -m1 'ERROR SUMMARY' "$logs/sanitize_${tool}_$t.log")"
+  done
+done
+
+for cmd in ${DA_GPU_BENCH:-}; do
+  IFS=: read -r name args <<<"$cmd"
+  timeout 600 "$bundle/tools/$name" ${args//,/ } >"$logs/bench_$name.log" 2>&1
+  row "bench $name ${args//,/ }" "rc=$?"
+done
+
+cp "$summary" "$out/summary.txt"
+tar czf "$out/logs.tgz" -C "$(dirname "$logs")" gpu_logs
+echo
+cat "$summary"
