@@ -20,6 +20,9 @@ for t in $tools; do
   cp "bazel-bin/$path" "$out/tools/"
 done
 cp bazel-bin/libdilated_attention.so "$out/"
+# Runtime libraries the GPU machine (Ubuntu, no Debian -dev packages) lacks.
+mkdir -p "$out/lib"
+cp -L /usr/lib/x86_64-linux-gnu/libcjson.so.1 "$(gcc -print-file-name=libgomp.so.1)" "$out/lib/"
 chmod -R u+w "$out"
 strip --strip-unneeded "$out"/tests/* "$out"/tools/* "$out"/*.so
 du -sh "$out"

@@ -13,6 +13,7 @@ mkdir -p "$logs" "$out"
 summary="$logs/summary.txt"
 : >"$summary"
 export NCCL_NVLS_ENABLE=0
+export LD_LIBRARY_PATH="$PWD/$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 row() { printf '%-44s %s\n' "$1" "$2" | tee -a "$summary"; }
 

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Runs //tools/da:da (path in $1) through its user-facing contract: exit statuses
+# 0 / 1 / 2, one-line usage errors naming the flag or key, JSON output keys, PASS.
+set -u
+
+DA="$1"
+TMP="${TEST_TMPDIR:-$(mktemp -d)}"
+failures=0
+
+fail() {
+  echo "FAIL: $*" >&2
+  failures=$((failures + 1))
+}
+
+# expect STATUS DESCRIPTION -- ARGS...: runs da, keeps stdout/stderr in $TMP.
+expect() {
+  local want="$1" what="$2"
+  shift 3
+  "$DA" "$@" >"$TMP/out" 2>"$TMP/err"
+  local got=$?
+  if [[ "$got" -ne "$want" ]]; then
+    fail "$what: exit status $got, want $want (da $*)"
+    sed 's/^/  stderr: /' "$TMP/err" >&2
+  fi
+}
+
+# stderr_is_one_line_with TEXT: a usage error is exactly one line naming TEXT.
+stderr_is_one_line_with() {
+  local lines
+  lines=$(wc -l <"$TMP/err")
+  [[ "$lines" -eq 1 ]] || fail "stderr has $lines lines, want 1: $(cat "$TMP/err")"
+  grep -qF -- "$1" "$TMP/err" || fail "stderr does not mention '$1': $(cat "$TMP/err")"
+}
+
+stdout_has() {
+  grep -qF -- "$1" "$TMP/out" || fail "stdout lacks '$1'"
+}
+
+expect 0 "da --help" -- --help
+stdout_has "usage: da"
+expect 0 "da demo --help" -- demo --help
+stdout_has "--n N"
+expect 0 "da bench --help" -- bench --help
+stdout_has "--segments"
+expect 0 "da version" -- version
+stdout_has "da 0."
+
+expect 2 "no command" --
+expect 2 "unknown command" -- frobnicate
+stderr_is_one_line_with "frobnicate"
+expect 2 "unknown flag" -- bench --no-such-flag
+stderr_is_one_line_with "--no-such-flag"
+expect 2 "non-number" -- bench --n twelve
+stderr_is_one_line_with "--n"
+expect 2 "negative" -- demo --n -4
+stderr_is_one_line_with "--n"
+expect 2 "missing value" -- bench --repeats
+stderr_is_one_line_with "--repeats"
+expect 2 "empty list" -- bench --segments ""
+stderr_is_one_line_with "--segments"
+expect 2 "mismatched lists (da_attention_validate)" -- bench --segments 128,256 --dilations 1
+stderr_is_one_line_with "invalid parameters"
+
+expect 0 "small bench --json" -- bench --n 512 --segments 128,256 --dilations 1,2 --repeats 1 --json
+for key in '"forward"' '"median_ms"' '"effective_tflops"' '"segment_lengths"' '"peak_rss_mib"'; do
+  stdout_has "$key"
+done
+head -c 1 "$TMP/out" | grep -q '{' || fail "bench --json output does not start with {"
+tail -n 1 "$TMP/out" | grep -q '^}$' || fail "bench --json output does not end with }"
+
+expect 0 "small bench --csv" -- bench --n 512 --segments 128,256 --dilations 1,2 --repeats 1 --csv
+[[ $(wc -l <"$TMP/out") -eq 2 ]] || fail "bench --csv should print a header and one row"
+stdout_has "forward_median_ms"
+
+cat >"$TMP/bad_key.json" <<'JSON'
+{"n": 512, "segment_lengths": [128, 256], "dilation_rates": [1, 2], "no_such_key": 3}
+JSON
+expect 2 "config with an unknown key" -- bench --config "$TMP/bad_key.json"
+stderr_is_one_line_with "no_such_key"
+cat >"$TMP/bad_type.json" <<'JSON'
+{"n": "512"}
+JSON
+expect 2 "config with a wrong type" -- bench --config "$TMP/bad_type.json"
+stderr_is_one_line_with '"n"'
+printf '{"n": 512,,}' >"$TMP/malformed.json"
+expect 2 "malformed config" -- bench --config "$TMP/malformed.json"
+stderr_is_one_line_with "malformed JSON"
+cat >"$TMP/good.json" <<'JSON'
+{"n": 256, "heads": 4, "head_dim": 16, "segment_lengths": [64, 128],
+ "dilation_rates": [1, 2], "causal": true, "repeats": 1, "warmup": 0}
+JSON
+expect 0 "config, overridden by a flag" -- bench --config "$TMP/good.json" --n 384 --csv
+grep -q ',384,' "$TMP/out" || fail "--n on the command line did not override the config's n"
+
+expect 0 "demo --n 1024" -- demo --n 1024
+stdout_has "PASS"
+
+if [[ "$failures" -ne 0 ]]; then
+  echo "$failures check(s) failed" >&2
+  exit 1
+fi
+echo "all da CLI checks passed"
