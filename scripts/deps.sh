@@ -2,7 +2,6 @@
 # Installs what building and testing need, from Debian's apt, only if missing
 # (idempotent: a no-op when everything is there). Sourced by demo.sh and test.sh.
 # The CUDA toolkit is expected at /usr/local/cuda (nvcc 13); it is not an apt package.
-set -euo pipefail
 
 DA_APT_PACKAGES=(
   build-essential          # gcc/g++ 12, ar, libasan/libubsan
@@ -35,4 +34,7 @@ da_install_deps() {
   fi
 }
 
-if [ "${BASH_SOURCE[0]}" = "$0" ]; then da_install_deps; fi
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  set -euo pipefail
+  da_install_deps
+fi

@@ -18,8 +18,8 @@ run_suite() {  # $1: label, rest: bazel flags
   bazel test "$@" --test_summary=short //... 2>&1 | tee "$log"
   local rc=${PIPESTATUS[0]}
   [ "$rc" -eq 0 ] || status=$rc
-  passed=$((passed + $(grep -cE '^//\S+ +(\(cached\) )?PASSED' "$log")))
-  failed=$((failed + $(grep -cE '^//\S+ +(\(cached\) )?(FAILED|TIMEOUT|NO STATUS|FAILED TO BUILD|INCOMPLETE)' "$log")))
+  passed=$((passed + $(grep -cE '^//\S+ +(\(cached\) )?PASSED' "$log" || true)))
+  failed=$((failed + $(grep -cE '^//\S+ +(\(cached\) )?(FAILED|TIMEOUT|NO STATUS|FAILED TO BUILD|INCOMPLETE)' "$log" || true)))
   rm -f "$log"
 }
 
