@@ -9,6 +9,13 @@
  * continues it. Within one pattern, every (query, head) belongs to exactly one
  * work item, so passes are race-free; patterns run one after another.
  *
+ * Tiles are read in place: a dilated row t of a tensor is at first + t * r, so a
+ * tile is a matrix with a row stride of r * heads * d floats, and the tile
+ * products take that stride directly. Only the operand that stays fixed over a
+ * work item's loop is transposed once into scratch (Q^T for forward and dQ, K^T
+ * and V^T for dK/dV), so the scores of the forward are held key-major (S^T) and
+ * the online softmax runs vectorised across 16 queries at a time.
+ *
  * Backward: dK/dV per key tile (a work item owns the rows of one kv head at one
  * offset, so heads sharing a kv head and an offset are summed inside the item),
  * then dQ per query tile, both recomputing P from the global LSE. Every item runs
@@ -22,9 +29,11 @@
 #include "attention/params.h"
 #include "common/error.h"
 
-/* Query and key tile rows: 64 x 64 fp32 scores plus the Q/K/V tiles stay inside a
- * 1 MiB L2 for head_dim up to 256. */
-#define DA_CPU_TILE_Q 64
+/* Query and key tile rows. The scores (64 x 128 fp32) and the transposed tiles
+ * stay inside a 1 MiB L2 for head_dim up to 256; a wide query tile amortises its
+ * one-time transpose over every key tile. Both are multiples of 64 (the width of
+ * tile_matmul's register block). */
+#define DA_CPU_TILE_Q 128
 #define DA_CPU_TILE_K 64
 
 /* Hot loops are compiled for AVX-512, AVX2 and baseline x86-64, picked at load
@@ -40,26 +49,6 @@
 /* Helpers of the cloned hot functions must be inlined into each clone to be
  * compiled for its target. */
 #define DA_INLINE static inline __attribute__((always_inline))
-
-/* e^x for the softmax (x <= 0 in practice), vectorisable, ~1 ulp: Cody-Waite
- * reduction to 2^k * e^f with |f| <= ln2/2 and Cephes' degree-6 polynomial.
- * x < -87 gives 0 (that includes -inf: masked scores); NaN stays NaN. */
-DA_INLINE float exp_softmax(float x) {
-  const float log2e = 1.44269504088896341f;
-  const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
-  float xc = x < -87.0f ? -87.0f : x;
-  float k = floorf(xc * log2e + 0.5f);
-  float f = xc - k * ln2_hi - k * ln2_lo;
-  float p = 1.9875691500e-4f;
-  p = p * f + 1.3981999507e-3f;
-  p = p * f + 8.3334519073e-3f;
-  p = p * f + 4.1665795894e-2f;
-  p = p * f + 1.6666665459e-1f;
-  p = p * f + 5.0000001201e-1f;
-  float y = p * f * f + f + 1.0f;
-  union { int32_t i; float f; } two_k = {.i = ((int32_t)k + 127) << 23};
-  return x < -87.0f ? 0.0f : y * two_k.f;
-}
 
 /* One (sequence, pattern, head, segment) slice: its selected rows are tokens
  * first + t * r for t in [0, count). */
@@ -88,36 +77,33 @@ static int item_rows(const da_attn_plan* plan, int64_t seq_start, int64_t n, int
   return *tile_begin < rows->count;
 }
 
-/* Tile rows [t0, t0 + nt) of head `head` (of `heads`) of x: [tokens, heads, d]. */
-DA_INLINE const float* row_ptr(const float* x, const dilated_rows* rows, int64_t t,
-                                   int heads, int head, int d) {
+/* Row t of head `head` of x: [tokens, heads, d], for dilated row index t. */
+DA_INLINE const float* row_ptr(const float* x, const dilated_rows* rows, int64_t t, int heads,
+                               int head, int d) {
   return x + ((size_t)(rows->first + t * rows->stride) * heads + head) * d;
 }
 
-DA_INLINE void load_rows(float* dst, const float* x, const dilated_rows* rows, int64_t t0,
-                             int nt, int heads, int head, int d, float mul) {
-  for (int t = 0; t < nt; t++) {
-    const float* src = row_ptr(x, rows, t0 + t, heads, head, d);
-    for (int c = 0; c < d; c++) dst[(size_t)t * d + c] = src[c] * mul;
-  }
+/* Floats between consecutive dilated rows of a [tokens, heads, d] tensor. */
+DA_INLINE size_t row_stride(const dilated_rows* rows, int heads, int d) {
+  return (size_t)rows->stride * heads * d;
 }
 
-/* dst[c][t] = x row t0 + t, column c: keys laid out so score rows run along t.
- * Columns past nt are zeroed so every tile product can run full width. */
-DA_INLINE void load_rows_transposed(float* dst, const float* x, const dilated_rows* rows,
-                                        int64_t t0, int nt, int heads, int head, int d) {
+/* dst[c][t] = mul * x(row t0 + t)[c] for t < nt, 0 for nt <= t < width: the one
+ * operand of a work item that is transposed (once per item). */
+DA_INLINE void load_transposed(float* dst, int width, const float* x, const dilated_rows* rows,
+                               int64_t t0, int nt, int heads, int head, int d, float mul) {
   for (int t = 0; t < nt; t++) {
     const float* src = row_ptr(x, rows, t0 + t, heads, head, d);
-    for (int c = 0; c < d; c++) dst[(size_t)c * DA_CPU_TILE_K + t] = src[c];
+    for (int c = 0; c < d; c++) dst[(size_t)c * width + t] = src[c] * mul;
   }
-  if (nt < DA_CPU_TILE_K)
-    for (int c = 0; c < d; c++)
-      memset(dst + (size_t)c * DA_CPU_TILE_K + nt, 0, sizeof(float) * (DA_CPU_TILE_K - nt));
+  if (nt < width)
+    for (int c = 0; c < d; c++) memset(dst + (size_t)c * width + nt, 0, sizeof(float) * (width - nt));
 }
 
 /* 16 floats: one AVX-512 register, two AVX2 registers, four SSE registers; GCC
  * lowers the vector extension to whatever the clone's target has. */
 typedef float f32x16 __attribute__((vector_size(64)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
 
 DA_INLINE f32x16 vload(const float* p) {
   f32x16 v;
@@ -127,14 +113,56 @@ DA_INLINE f32x16 vload(const float* p) {
 
 DA_INLINE void vstore(float* p, f32x16 v) { memcpy(p, &v, sizeof v); }
 
+DA_INLINE f32x16 vsplat(float x) { return (f32x16){0} + x; }
+
+/* mask ? a : b, lane by lane (mask lanes are 0 or -1, as comparisons give). */
+DA_INLINE f32x16 vselect(i32x16 mask, f32x16 a, f32x16 b) {
+  return (f32x16)(((i32x16)a & mask) | ((i32x16)b & ~mask));
+}
+
+DA_INLINE f32x16 vmax(f32x16 a, f32x16 b) { return vselect(a > b, a, b); }
+
+DA_INLINE i32x16 lane_index(int first) {
+  return (i32x16){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15} + first;
+}
+
+DA_INLINE float hsum(f32x16 v) {
+  float total = 0.0f;
+  for (int lane = 0; lane < 16; lane++) total += v[lane];
+  return total;
+}
+
+/* e^x for the softmax, 16 lanes, ~1 ulp: Cody-Waite reduction x = k ln2 + f with
+ * k rounded to nearest by the 1.5 * 2^23 trick (so |f| <= ln2/2) and Cephes'
+ * degree-6 polynomial for e^f; 2^k built in the exponent bits. x < -87 gives 0
+ * (that includes -inf, i.e. masked scores); NaN stays NaN. */
+DA_INLINE f32x16 vexp_softmax(f32x16 x) {
+  const float round_magic = 12582912.0f; /* 1.5 * 2^23 */
+  const i32x16 tiny = x < vsplat(-87.0f);
+  const f32x16 xc = vselect(tiny, vsplat(-87.0f), x);
+  const f32x16 t = xc * 1.44269504088896341f + round_magic;
+  const f32x16 k = t - round_magic;
+  const i32x16 k_int = (i32x16)t - 0x4B400000; /* bits of round_magic */
+  const f32x16 f = xc - k * 0.693359375f - k * -2.12194440e-4f;
+  f32x16 p = vsplat(1.9875691500e-4f);
+  p = p * f + 1.3981999507e-3f;
+  p = p * f + 8.3334519073e-3f;
+  p = p * f + 4.1665795894e-2f;
+  p = p * f + 1.6666665459e-1f;
+  p = p * f + 5.0000001201e-1f;
+  const f32x16 y = p * f * f + f + 1.0f;
+  const f32x16 two_k = (f32x16)((k_int + 127) << 23);
+  return vselect(tiny, vsplat(0.0f), y * two_k);
+}
+
 /* The one tile product every pass uses:
  *   C[i][0:n] (+)= sum_{l < kk} A(i, l) * B[l][0:n]   for i < m,
- * with A(i, l) = a[i * a_row + l * a_col] (so A may be read transposed) and B
- * row-major with leading dimension ldb. Register-blocked 4 rows x 64 columns (16
- * accumulators); columns past the last multiple of 64 run scalar. */
+ * with A(i, l) = a[i * a_row + l * a_col] (so A may be read transposed, or be
+ * dilated rows read in place) and B row-major with row stride ldb (dilated rows
+ * in place, or scratch). Register-blocked 4 rows x 64 columns (16 accumulators);
+ * columns past the last multiple of 64 run scalar. */
 DA_INLINE void tile_matmul(float* c, size_t ldc, const float* a, size_t a_row, size_t a_col,
-                               const float* b, size_t ldb, int m, int kk, int n,
-                               int accumulate) {
+                           const float* b, size_t ldb, int m, int kk, int n, int accumulate) {
   const int n64 = n & ~63;
   for (int i0 = 0; i0 < m; i0 += 4) {
     const int mi = m - i0 < 4 ? m - i0 : 4;
@@ -147,7 +175,7 @@ DA_INLINE void tile_matmul(float* c, size_t ldc, const float* a, size_t a_row, s
 #pragma GCC unroll 4
         for (int v = 0; v < 4; v++)
           acc[r][v] = accumulate && r < mi ? vload(c + (size_t)(i0 + r) * ldc + j0 + 16 * v)
-                                           : (f32x16){0};
+                                           : vsplat(0.0f);
       for (int l = 0; l < kk; l++) {
         const float* brow = b + (size_t)l * ldb + j0;
         const f32x16 b0 = vload(brow), b1 = vload(brow + 16), b2 = vload(brow + 32),
@@ -176,42 +204,65 @@ DA_INLINE void tile_matmul(float* c, size_t ldc, const float* a, size_t a_row, s
   }
 }
 
-/* Causal mask inside a tile: query index q0 + x sees key index k0 + t <= q0 + x. */
-DA_INLINE int tile_needs_mask(int causal, int64_t q0, int64_t k0, int nt) {
-  return causal && k0 + nt - 1 > q0;
+/* Causal visibility in dilated index order: query q sees key t iff t <= q. Lanes
+ * of 16 consecutive queries q0 + x0 .. + 15 against key k: visible iff
+ * x >= k - q0 (all lanes when not causal). */
+DA_INLINE i32x16 visible_queries(int causal, int x0, int64_t key_minus_q0) {
+  if (!causal) return lane_index(0) == lane_index(0);
+  const int64_t first = key_minus_q0 < -1 ? -1 : key_minus_q0 > DA_CPU_TILE_Q ? DA_CPU_TILE_Q
+                                                                              : key_minus_q0;
+  return lane_index(x0) >= (int)first;
+}
+
+/* Keys of a key-row tile (t < nk) that query q0 + x sees: all, or t <= q0 + x - k0. */
+DA_INLINE int visible_keys(int causal, int64_t q, int64_t k0, int nk) {
+  if (!causal) return nk;
+  const int64_t v = q - k0 + 1;
+  return v < 0 ? 0 : v > nk ? nk : (int)v;
+}
+
+/* p[t] = exp(mul * row[t] - shift) for t < visible, 0 for the rest of a TILE_K
+ * row (in place); returns the sum. */
+DA_INLINE float row_exp(float* row, float mul, float shift, int visible) {
+  f32x16 sum = vsplat(0.0f);
+  for (int t = 0; t < DA_CPU_TILE_K; t += 16) {
+    const f32x16 p = vselect(lane_index(t) < visible,
+                             vexp_softmax(vload(row + t) * mul - shift), vsplat(0.0f));
+    vstore(row + t, p);
+    sum += p;
+  }
+  return hsum(sum);
 }
 
 /* Per-thread scratch, all tiles of one work item. */
 typedef struct {
-  float* q;    /* [TILE_Q][d] queries (pre-scaled by the softmax scale)  */
-  float* kT;   /* [d][TILE_K] keys, transposed                              */
-  float* vT;   /* [d][TILE_K] values, transposed (backward: dO . v)        */
-  float* kv;   /* [TILE_K][d] values (forward) or keys (backward dQ)       */
-  float* s;    /* [TILE_Q][TILE_K] scores / probabilities                  */
-  float* ds;   /* [TILE_Q][TILE_K] dP, then dS                              */
-  float* acc;  /* [TILE_Q][d] forward accumulator, or dQ                    */
-  float* dO;   /* [TILE_Q][d] output gradient                               */
-  float* dk;   /* [TILE_K][d]                                               */
-  float* dv;   /* [TILE_K][d]                                               */
-  float* row_a; /* [TILE_Q] running max / LSE                                 */
-  float* row_b; /* [TILE_Q] running sum / D                                  */
+  float* qT;    /* [d][TILE_Q]  scaled queries, transposed (forward, dQ)        */
+  float* doT;   /* [d][TILE_Q]  output gradient, transposed (dQ)                */
+  float* kT;    /* [d][TILE_K]  keys, transposed (dK/dV)                        */
+  float* vT;    /* [d][TILE_K]  values, transposed (dK/dV)                      */
+  float* s;     /* [TILE_K x TILE_Q] scores / probabilities                     */
+  float* ds;    /* [TILE_K x TILE_Q] dP, then dS                                 */
+  float* acc;   /* [TILE_Q][d]  output accumulator, or dQ                        */
+  float* dk;    /* [TILE_K][d]                                                   */
+  float* dv;    /* [TILE_K][d]                                                   */
+  float* row_a; /* [TILE_Q]     running max, or LSE                              */
+  float* row_b; /* [TILE_Q]     running sum, or D                                */
 } workspace;
 
 static size_t workspace_floats(int d) {
   size_t tq = DA_CPU_TILE_Q, tk = DA_CPU_TILE_K;
-  return tq * d * 3 + tk * d * 5 + tq * tk * 2 + tq * 2 + 64;
+  return tq * d * 3 + tk * d * 4 + tq * tk * 2 + tq * 2 + 64;
 }
 
 static workspace workspace_at(float* base, int d) {
   size_t tq = DA_CPU_TILE_Q, tk = DA_CPU_TILE_K;
   workspace ws;
-  ws.q = base;
-  ws.acc = ws.q + tq * d;
-  ws.dO = ws.acc + tq * d;
-  ws.kT = ws.dO + tq * d;
+  ws.qT = base;
+  ws.doT = ws.qT + tq * d;
+  ws.acc = ws.doT + tq * d;
+  ws.kT = ws.acc + tq * d;
   ws.vT = ws.kT + tk * d;
-  ws.kv = ws.vT + tk * d;
-  ws.dk = ws.kv + tk * d;
+  ws.dk = ws.vT + tk * d;
   ws.dv = ws.dk + tk * d;
   ws.s = ws.dv + tk * d;
   ws.ds = ws.s + tq * tk;
@@ -226,6 +277,11 @@ static float* workspaces_alloc(int threads, int d, size_t* stride) {
   return aligned_alloc(64, *stride * threads * sizeof(float));
 }
 
+/* Rows of a query tile: min(TILE_Q, count - q0); of a key tile likewise. */
+DA_INLINE int tile_rows(int64_t count, int64_t t0, int tile) {
+  return (int)(count - t0 < tile ? count - t0 : tile);
+}
+
 /* ---------------------------------------------------------------- forward */
 
 /* Global online-softmax state of every (token, head): running max m and sum l;
@@ -235,50 +291,62 @@ typedef struct {
   float* l;
 } softmax_state;
 
+/* One query tile of head j against every key tile of its segment, continuing each
+ * query's online softmax. Scores are key-major (S^T[t][x]) so the softmax runs
+ * across 16 queries per vector. */
 DA_CPU_CLONES
 static void forward_item(const da_attn_plan* plan, const float* q, const float* k,
                          const float* v, float* out, softmax_state st, int j,
                          const dilated_rows* rows, int64_t q0, workspace ws) {
   const int h = plan->h, hk = plan->h_kv, d = plan->d, g = j / (h / hk);
-  const int nq = (int)(rows->count - q0 < DA_CPU_TILE_Q ? rows->count - q0 : DA_CPU_TILE_Q);
-  load_rows(ws.q, q, rows, q0, nq, h, j, d, plan->scale);
-  for (int x = 0; x < nq; x++) {
-    size_t at = (size_t)(rows->first + (q0 + x) * rows->stride) * h + j;
-    ws.row_a[x] = st.m[at];
-    ws.row_b[x] = st.l[at];
-    memcpy(ws.acc + (size_t)x * d, out + at * d, sizeof(float) * d);
+  const int tq = DA_CPU_TILE_Q, nq = tile_rows(rows->count, q0, tq);
+  const size_t kv_stride = row_stride(rows, hk, d);
+  load_transposed(ws.qT, tq, q, rows, q0, nq, h, j, d, plan->scale);
+  for (int x = 0; x < tq; x++) {
+    if (x < nq) {
+      size_t at = (size_t)(rows->first + (q0 + x) * rows->stride) * h + j;
+      ws.row_a[x] = st.m[at];
+      ws.row_b[x] = st.l[at];
+      memcpy(ws.acc + (size_t)x * d, out + at * d, sizeof(float) * d);
+    } else { /* padding lanes: finite, never stored */
+      ws.row_a[x] = 0.0f;
+      ws.row_b[x] = 0.0f;
+    }
   }
   const int64_t key_end = plan->causal ? q0 + nq : rows->count;
   for (int64_t k0 = 0; k0 < key_end; k0 += DA_CPU_TILE_K) {
-    const int nk = (int)(key_end - k0 < DA_CPU_TILE_K ? key_end - k0 : DA_CPU_TILE_K);
-    load_rows_transposed(ws.kT, k, rows, k0, nk, hk, g, d);
-    load_rows(ws.kv, v, rows, k0, nk, hk, g, d, 1.0f);
-    tile_matmul(ws.s, DA_CPU_TILE_K, ws.q, d, 1, ws.kT, DA_CPU_TILE_K, nq, d, DA_CPU_TILE_K, 0);
-    const int masked = tile_needs_mask(plan->causal, q0, k0, nk);
-    for (int x = 0; x < nq; x++) {
-      float* srow = ws.s + (size_t)x * DA_CPU_TILE_K;
-      int visible = masked ? (int)(q0 + x - k0 + 1) : nk;
-      if (visible < 0) visible = 0;
-      if (visible > nk) visible = nk;
-      float tile_max = -INFINITY;
-      for (int t = 0; t < visible; t++) tile_max = srow[t] > tile_max ? srow[t] : tile_max;
-      for (int t = visible; t < nk; t++) srow[t] = 0.0f;
-      if (visible == 0) continue; /* row fully masked: P = 0, state unchanged */
-      const float m_old = ws.row_a[x];
-      const float m_new = tile_max > m_old ? tile_max : m_old;
-      const float alpha = exp_softmax(m_old - m_new);
-      float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-      for (int t = 0; t < visible; t++) {
-        srow[t] = exp_softmax(srow[t] - m_new);
-        sum += srow[t];
+    const int nk = tile_rows(key_end, k0, DA_CPU_TILE_K);
+    tile_matmul(ws.s, tq, row_ptr(k, rows, k0, hk, g, d), kv_stride, 1, ws.qT, tq, nk, d, tq, 0);
+    for (int x0 = 0; x0 < tq; x0 += 16) {
+      f32x16 best = vsplat(-INFINITY);
+      for (int t = 0; t < nk; t++) {
+        const i32x16 seen = visible_queries(plan->causal, x0, k0 + t - q0);
+        best = vmax(best, vselect(seen, vload(ws.s + (size_t)t * tq + x0), vsplat(-INFINITY)));
       }
-      ws.row_a[x] = m_new;
-      ws.row_b[x] = ws.row_b[x] * alpha + sum;
-      float* acc = ws.acc + (size_t)x * d;
-      for (int c = 0; c < d; c++) acc[c] *= alpha;
+      const f32x16 m_old = vload(ws.row_a + x0);
+      const f32x16 m_new = vmax(m_old, best);
+      /* Lanes that have seen no key yet (m_new = -inf) keep alpha = 1, P = 0. */
+      const i32x16 none = m_new == vsplat(-INFINITY);
+      const f32x16 shift = vselect(none, vsplat(0.0f), m_new);
+      const f32x16 alpha = vselect(none, vsplat(1.0f), vexp_softmax(m_old - shift));
+      f32x16 sum = vsplat(0.0f);
+      for (int t = 0; t < nk; t++) {
+        const i32x16 seen = visible_queries(plan->causal, x0, k0 + t - q0);
+        float* srow = ws.s + (size_t)t * tq + x0;
+        const f32x16 p = vselect(seen, vexp_softmax(vload(srow) - shift), vsplat(0.0f));
+        vstore(srow, p);
+        sum += p;
+      }
+      vstore(ws.row_a + x0, m_new);
+      vstore(ws.row_b + x0, vload(ws.row_b + x0) * alpha + sum);
+      for (int x = x0; x < x0 + 16 && x < nq; x++) {
+        const float ax = alpha[x - x0];
+        float* acc = ws.acc + (size_t)x * d;
+        for (int c = 0; c < d; c++) acc[c] *= ax;
+      }
     }
-    tile_matmul(ws.acc, d, ws.s, DA_CPU_TILE_K, 1, ws.kv, d, nq, nk, d, 1);
+    /* acc[x] += sum_t P^T[t][x] v[t]: A = S^T read transposed, B = V rows in place. */
+    tile_matmul(ws.acc, d, ws.s, 1, tq, row_ptr(v, rows, k0, hk, g, d), kv_stride, nq, nk, d, 1);
   }
   for (int x = 0; x < nq; x++) {
     size_t at = (size_t)(rows->first + (q0 + x) * rows->stride) * h + j;
@@ -321,7 +389,7 @@ da_status da_attention_forward_cpu(const da_attention_params* params,
                                    const da_attention_batch* batch, const float* q,
                                    const float* k, const float* v, float* out, float* lse) {
   da_error_clear();
-  da_attn_plan plan;
+  da_attn_plan plan = {0};
   da_status status = da_attn_plan_init(params, batch, &plan);
   if (status) return status;
   status = check_forward_buffers(&plan, q, k, v, out, lse);
@@ -385,100 +453,93 @@ done:
 
 /* --------------------------------------------------------------- backward */
 
-/* Recomputes P = exp(s - lse) for a (query tile, key tile) into ws.s and
- * dS = P * (dO.v - D) into ws.ds; ws.q (scaled), ws.dO, ws.row_a (LSE),
- * ws.row_b (D), ws.kT and ws.vT must be loaded. Masked entries get P = dS = 0. */
-DA_INLINE void tile_probabilities(const da_attn_plan* plan, workspace ws, int nq, int nk,
-                                      int64_t q0, int64_t k0) {
-  const int d = plan->d;
-  tile_matmul(ws.s, DA_CPU_TILE_K, ws.q, d, 1, ws.kT, DA_CPU_TILE_K, nq, d, DA_CPU_TILE_K, 0);
-  tile_matmul(ws.ds, DA_CPU_TILE_K, ws.dO, d, 1, ws.vT, DA_CPU_TILE_K, nq, d, DA_CPU_TILE_K, 0);
-  const int masked = tile_needs_mask(plan->causal, q0, k0, nk);
-  for (int x = 0; x < nq; x++) {
-    float* p = ws.s + (size_t)x * DA_CPU_TILE_K;
-    float* ds = ws.ds + (size_t)x * DA_CPU_TILE_K;
-    const float lse = ws.row_a[x], dd = ws.row_b[x];
-    int visible = masked ? (int)(q0 + x - k0 + 1) : nk;
-    if (visible < 0) visible = 0;
-    if (visible > nk) visible = nk;
-    for (int t = 0; t < visible; t++) {
-      p[t] = exp_softmax(p[t] - lse);
-      ds[t] = p[t] * (ds[t] - dd);
-    }
-    for (int t = visible; t < nk; t++) p[t] = ds[t] = 0.0f;
-  }
-}
-
-/* Loads the query-side tile of head j: scaled q, dO, LSE and D. */
-DA_INLINE void load_query_side(const da_attn_plan* plan, const float* q, const float* dout,
-                                   const float* lse, const float* delta, workspace ws, int j,
-                                   const dilated_rows* rows, int64_t q0, int nq) {
-  const int h = plan->h, d = plan->d;
-  load_rows(ws.q, q, rows, q0, nq, h, j, d, plan->scale);
-  load_rows(ws.dO, dout, rows, q0, nq, h, j, d, 1.0f);
-  for (int x = 0; x < nq; x++) {
-    size_t at = (size_t)(rows->first + (q0 + x) * rows->stride) * h + j;
-    ws.row_a[x] = lse[at];
-    ws.row_b[x] = delta[at];
-  }
-}
-
 /* dK, dV of one key tile of kv head g at one offset: sums over every query head
  * of g that uses pattern i at that offset and over all their query tiles. Only
- * the first such head (rep) owns the item, so rows are never written twice. */
+ * the first such head (rep) owns the item, so rows are never written twice.
+ * Scores are query-major here (S[x][t]) with K^T, V^T transposed once. */
 DA_CPU_CLONES
 static void backward_kv_item(const da_attn_plan* plan, int i, const float* q, const float* k,
                              const float* v, const float* dout, const float* lse,
                              const float* delta, float* dk, float* dv, int rep,
                              const dilated_rows* rows, int64_t k0, workspace ws) {
   const int h = plan->h, hk = plan->h_kv, d = plan->d, group = h / hk, g = rep / group;
+  const int tk = DA_CPU_TILE_K;
   const int o = da_attn_offset(plan, i, rep);
   for (int j = g * group; j < rep; j++)
     if (da_attn_uses_pattern(plan, i, j) && da_attn_offset(plan, i, j) == o) return;
-  const int nk = (int)(rows->count - k0 < DA_CPU_TILE_K ? rows->count - k0 : DA_CPU_TILE_K);
-  load_rows_transposed(ws.kT, k, rows, k0, nk, hk, g, d);
-  load_rows_transposed(ws.vT, v, rows, k0, nk, hk, g, d);
+  const int nk = tile_rows(rows->count, k0, tk);
+  const size_t q_stride = row_stride(rows, h, d);
+  load_transposed(ws.kT, tk, k, rows, k0, nk, hk, g, d, 1.0f);
+  load_transposed(ws.vT, tk, v, rows, k0, nk, hk, g, d, 1.0f);
   memset(ws.dk, 0, sizeof(float) * nk * d);
   memset(ws.dv, 0, sizeof(float) * nk * d);
   for (int j = rep; j < (g + 1) * group; j++) {
     if (!da_attn_uses_pattern(plan, i, j) || da_attn_offset(plan, i, j) != o) continue;
     const int64_t q_begin = plan->causal ? k0 - k0 % DA_CPU_TILE_Q : 0;
     for (int64_t q0 = q_begin; q0 < rows->count; q0 += DA_CPU_TILE_Q) {
-      const int nq = (int)(rows->count - q0 < DA_CPU_TILE_Q ? rows->count - q0 : DA_CPU_TILE_Q);
-      load_query_side(plan, q, dout, lse, delta, ws, j, rows, q0, nq);
-      tile_probabilities(plan, ws, nq, nk, q0, k0);
-      /* dV += P^T dO and dK += dS^T (s q): A read transposed. */
-      tile_matmul(ws.dv, d, ws.s, 1, DA_CPU_TILE_K, ws.dO, d, nk, nq, d, 1);
-      tile_matmul(ws.dk, d, ws.ds, 1, DA_CPU_TILE_K, ws.q, d, nk, nq, d, 1);
+      const int nq = tile_rows(rows->count, q0, DA_CPU_TILE_Q);
+      const float* qb = row_ptr(q, rows, q0, h, j, d);
+      const float* dob = row_ptr(dout, rows, q0, h, j, d);
+      tile_matmul(ws.s, tk, qb, q_stride, 1, ws.kT, tk, nq, d, tk, 0);
+      tile_matmul(ws.ds, tk, dob, q_stride, 1, ws.vT, tk, nq, d, tk, 0);
+      for (int x = 0; x < nq; x++) {
+        const size_t at = (size_t)(rows->first + (q0 + x) * rows->stride) * h + j;
+        float* p = ws.s + (size_t)x * tk;
+        float* ds = ws.ds + (size_t)x * tk;
+        row_exp(p, plan->scale, lse[at], visible_keys(plan->causal, q0 + x, k0, nk));
+        const float dd = delta[at];
+        for (int t = 0; t < tk; t++) ds[t] = p[t] * (ds[t] - dd);
+      }
+      /* dV += P^T dO, dK += dS^T Q (scale applied once at the end). */
+      tile_matmul(ws.dv, d, ws.s, 1, tk, dob, q_stride, nk, nq, d, 1);
+      tile_matmul(ws.dk, d, ws.ds, 1, tk, qb, q_stride, nk, nq, d, 1);
     }
   }
   for (int t = 0; t < nk; t++) {
     size_t at = ((size_t)(rows->first + (k0 + t) * rows->stride) * hk + g) * d;
     for (int c = 0; c < d; c++) {
-      dk[at + c] += ws.dk[(size_t)t * d + c];
+      dk[at + c] += plan->scale * ws.dk[(size_t)t * d + c];
       dv[at + c] += ws.dv[(size_t)t * d + c];
     }
   }
 }
 
-/* dQ of one query tile of head j in one pattern. */
+/* dQ of one query tile of head j in one pattern; key-major scores as forward. */
 DA_CPU_CLONES
 static void backward_q_item(const da_attn_plan* plan, const float* q, const float* k,
                             const float* v, const float* dout, const float* lse,
                             const float* delta, float* dq, int j, const dilated_rows* rows,
                             int64_t q0, workspace ws) {
   const int h = plan->h, hk = plan->h_kv, d = plan->d, g = j / (h / hk);
-  const int nq = (int)(rows->count - q0 < DA_CPU_TILE_Q ? rows->count - q0 : DA_CPU_TILE_Q);
-  load_query_side(plan, q, dout, lse, delta, ws, j, rows, q0, nq);
+  const int tq = DA_CPU_TILE_Q, nq = tile_rows(rows->count, q0, tq);
+  const size_t kv_stride = row_stride(rows, hk, d);
+  load_transposed(ws.qT, tq, q, rows, q0, nq, h, j, d, plan->scale);
+  load_transposed(ws.doT, tq, dout, rows, q0, nq, h, j, d, 1.0f);
+  for (int x = 0; x < tq; x++) {
+    size_t at = (size_t)(rows->first + (q0 + x) * rows->stride) * h + j;
+    ws.row_a[x] = x < nq ? lse[at] : 0.0f;
+    ws.row_b[x] = x < nq ? delta[at] : 0.0f;
+  }
   memset(ws.acc, 0, sizeof(float) * nq * d);
   const int64_t key_end = plan->causal ? q0 + nq : rows->count;
   for (int64_t k0 = 0; k0 < key_end; k0 += DA_CPU_TILE_K) {
-    const int nk = (int)(key_end - k0 < DA_CPU_TILE_K ? key_end - k0 : DA_CPU_TILE_K);
-    load_rows_transposed(ws.kT, k, rows, k0, nk, hk, g, d);
-    load_rows_transposed(ws.vT, v, rows, k0, nk, hk, g, d);
-    load_rows(ws.kv, k, rows, k0, nk, hk, g, d, 1.0f);
-    tile_probabilities(plan, ws, nq, nk, q0, k0);
-    tile_matmul(ws.acc, d, ws.ds, DA_CPU_TILE_K, 1, ws.kv, d, nq, nk, d, 1);
+    const int nk = tile_rows(key_end, k0, DA_CPU_TILE_K);
+    const float* kb = row_ptr(k, rows, k0, hk, g, d);
+    tile_matmul(ws.s, tq, kb, kv_stride, 1, ws.qT, tq, nk, d, tq, 0);
+    tile_matmul(ws.ds, tq, row_ptr(v, rows, k0, hk, g, d), kv_stride, 1, ws.doT, tq, nk, d, tq,
+                0);
+    for (int x0 = 0; x0 < tq; x0 += 16) {
+      const f32x16 lse_x = vload(ws.row_a + x0), delta_x = vload(ws.row_b + x0);
+      for (int t = 0; t < nk; t++) {
+        const i32x16 seen = visible_queries(plan->causal, x0, k0 + t - q0);
+        float* prow = ws.s + (size_t)t * tq + x0;
+        float* dsrow = ws.ds + (size_t)t * tq + x0;
+        const f32x16 p = vselect(seen, vexp_softmax(vload(prow) - lse_x), vsplat(0.0f));
+        vstore(dsrow, p * (vload(dsrow) - delta_x));
+      }
+    }
+    /* dQ[x] += sum_t dS^T[t][x] k[t]. */
+    tile_matmul(ws.acc, d, ws.ds, 1, tq, kb, kv_stride, nq, nk, d, 1);
   }
   for (int x = 0; x < nq; x++) {
     float* dst = dq + ((size_t)(rows->first + (q0 + x) * rows->stride) * h + j) * d;
@@ -525,7 +586,7 @@ da_status da_attention_backward_cpu(const da_attention_params* params,
                                     const float* lse, const float* dout, float* dq, float* dk,
                                     float* dv) {
   da_error_clear();
-  da_attn_plan plan;
+  da_attn_plan plan = {0};
   da_status status = da_attn_plan_init(params, batch, &plan);
   if (status) return status;
   status = check_backward_buffers(&plan, q, k, v, out, lse, dout, dq, dk, dv);

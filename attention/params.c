@@ -155,7 +155,7 @@ da_status da_attn_plan_init(const da_attention_params* params, const da_attentio
 da_status da_attention_validate(const da_attention_params* params,
                                 const da_attention_batch* batch) {
   da_error_clear();
-  da_attn_plan plan;
+  da_attn_plan plan = {0};
   return da_attn_plan_init(params, batch, &plan);
 }
 
@@ -163,7 +163,7 @@ da_status da_attention_num_tokens(const da_attention_batch* batch, int64_t* toke
   da_error_clear();
   if (tokens == NULL) return da_error_set(DA_STATUS_INVALID_ARGUMENT, "tokens must not be NULL");
   if (batch == NULL) return da_error_set(DA_STATUS_INVALID_ARGUMENT, "batch must not be NULL");
-  da_attn_plan plan;
+  da_attn_plan plan = {0};
   da_status st = check_batch(batch, &plan);
   *tokens = st == DA_STATUS_SUCCESS ? plan.tokens : 0;
   return st;
@@ -178,7 +178,7 @@ da_status da_attention_count_pairs(const da_attention_params* params,
   da_error_clear();
   if (pairs == NULL) return da_error_set(DA_STATUS_INVALID_ARGUMENT, "pairs must not be NULL");
   *pairs = 0;
-  da_attn_plan plan;
+  da_attn_plan plan = {0};
   da_status st = da_attn_plan_init(params, batch, &plan);
   if (st != DA_STATUS_SUCCESS) return st;
   int64_t total = 0;
