@@ -363,94 +363,6 @@ static int64_t tiles_per_segment(const da_attn_plan* plan, int i, int tile_rows)
 
 static int64_t segments_of(int64_t n, int w) { return (n + w - 1) / w; }
 
-static da_status check_forward_buffers(const da_attn_plan* plan, const float* q, const float* k,
-                                       const float* v, const float* out, const float* lse) {
-  if (q == NULL) return da_error_set(DA_STATUS_INVALID_ARGUMENT, "q must not be NULL");
-  if (k == NULL) return da_error_set(DA_STATUS_INVALID_ARGUMENT, "k must not be NULL");
-  if (v == NULL) return da_error_set(DA_STATUS_INVALID_ARGUMENT, "v must not be NULL");
-  if (out == NULL) return da_error_set(DA_STATUS_INVALID_ARGUMENT, "out must not be NULL");
-  size_t q_bytes = (size_t)plan->tokens * plan->h * plan->d * sizeof(float);
-  size_t kv_bytes = (size_t)plan->tokens * plan->h_kv * plan->d * sizeof(float);
-  size_t lse_bytes = (size_t)plan->tokens * plan->h * sizeof(float);
-  da_status st = DA_STATUS_SUCCESS;
-  if (!st) st = da_attn_check_disjoint(out, q_bytes, "out", q, q_bytes, "q");
-  if (!st) st = da_attn_check_disjoint(out, q_bytes, "out", k, kv_bytes, "k");
-  if (!st) st = da_attn_check_disjoint(out, q_bytes, "out", v, kv_bytes, "v");
-  if (lse != NULL) {
-    if (!st) st = da_attn_check_disjoint(lse, lse_bytes, "lse", out, q_bytes, "out");
-    if (!st) st = da_attn_check_disjoint(lse, lse_bytes, "lse", q, q_bytes, "q");
-    if (!st) st = da_attn_check_disjoint(lse, lse_bytes, "lse", k, kv_bytes, "k");
-    if (!st) st = da_attn_check_disjoint(lse, lse_bytes, "lse", v, kv_bytes, "v");
-  }
-  return st;
-}
-
-da_status da_attention_forward_cpu(const da_attention_params* params,
-                                   const da_attention_batch* batch, const float* q,
-                                   const float* k, const float* v, float* out, float* lse) {
-  da_error_clear();
-  da_attn_plan plan = {0};
-  da_status status = da_attn_plan_init(params, batch, &plan);
-  if (status) return status;
-  status = check_forward_buffers(&plan, q, k, v, out, lse);
-  if (status) return status;
-
-  const size_t rows_h = (size_t)plan.tokens * plan.h;
-  const int d = plan.d;
-  const int threads = omp_get_max_threads();
-  size_t ws_stride = 0;
-  softmax_state st = {malloc(rows_h * sizeof(float)), malloc(rows_h * sizeof(float))};
-  float* ws_base = workspaces_alloc(threads, d, &ws_stride);
-  if (st.m == NULL || st.l == NULL || ws_base == NULL) {
-    status = da_error_set(DA_STATUS_OUT_OF_MEMORY,
-                          "could not allocate %zu bytes of softmax state and workspace",
-                          rows_h * 2 * sizeof(float) + ws_stride * threads * sizeof(float));
-    goto done;
-  }
-
-#pragma omp parallel num_threads(threads)
-  {
-    workspace ws = workspace_at(ws_base + ws_stride * omp_get_thread_num(), d);
-#pragma omp for schedule(static)
-    for (size_t x = 0; x < rows_h; x++) {
-      st.m[x] = -INFINITY;
-      st.l[x] = 0.0f;
-      memset(out + x * d, 0, sizeof(float) * d);
-    }
-    for (int i = 0; i < plan.num_patterns; i++) {
-      const int64_t tps = tiles_per_segment(&plan, i, DA_CPU_TILE_Q);
-      for (int64_t s = 0; s < plan.batch; s++) {
-        const int64_t n = da_attn_seq_len(&plan, s), start = da_attn_seq_start(&plan, s);
-        const int64_t items = segments_of(n, plan.w[i]) * tps;
-#pragma omp for collapse(2) schedule(dynamic, 1)
-        for (int j = 0; j < plan.h; j++) {
-          for (int64_t idx = 0; idx < items; idx++) {
-            dilated_rows rows;
-            int64_t q0;
-            if (item_rows(&plan, start, n, i, j, idx, tps, DA_CPU_TILE_Q, &rows, &q0))
-              forward_item(&plan, q, k, v, out, st, j, &rows, q0, ws);
-          }
-        }
-      }
-    }
-#pragma omp for schedule(static)
-    for (size_t x = 0; x < rows_h; x++) {
-      const float l = st.l[x];
-      if (l > 0.0f) {
-        const float inv = 1.0f / l;
-        for (int c = 0; c < d; c++) out[x * d + c] *= inv;
-      }
-      if (lse != NULL) lse[x] = l > 0.0f ? st.m[x] + logf(l) : -INFINITY;
-    }
-  }
-
-done:
-  free(st.m);
-  free(st.l);
-  free(ws_base);
-  return status;
-}
-
 /* --------------------------------------------------------------- backward */
 
 /* dK, dV of one key tile of kv head g at one offset: sums over every query head
@@ -547,6 +459,127 @@ static void backward_q_item(const da_attn_plan* plan, const float* q, const floa
   }
 }
 
+/* ------------------------------------------------------------- work items */
+
+typedef enum { PASS_FORWARD, PASS_DKDV, PASS_DQ } pass_kind;
+
+/* The tensors one pass reads and writes (unused ones NULL). */
+typedef struct {
+  pass_kind kind;
+  const float *q, *k, *v, *dout, *lse, *delta;
+  float *out, *dq, *dk, *dv;
+  softmax_state st;
+} pass;
+
+/* Runs every work item of a pass, pattern after pattern (so no two items of
+ * different patterns touch the same rows at once), OpenMP-dynamic inside each
+ * (pattern, sequence). Call from inside a parallel region. */
+static void run_pass(const da_attn_plan* plan, const pass* p, workspace ws) {
+  const int tile = p->kind == PASS_DKDV ? DA_CPU_TILE_K : DA_CPU_TILE_Q;
+  for (int i = 0; i < plan->num_patterns; i++) {
+    const int64_t tps = tiles_per_segment(plan, i, tile);
+    for (int64_t s = 0; s < plan->batch; s++) {
+      const int64_t n = da_attn_seq_len(plan, s), start = da_attn_seq_start(plan, s);
+      const int64_t items = segments_of(n, plan->w[i]) * tps;
+#pragma omp for collapse(2) schedule(dynamic, 1)
+      for (int j = 0; j < plan->h; j++) {
+        for (int64_t idx = 0; idx < items; idx++) {
+          dilated_rows rows;
+          int64_t t0;
+          if (!item_rows(plan, start, n, i, j, idx, tps, tile, &rows, &t0)) continue;
+          switch (p->kind) {
+            case PASS_FORWARD:
+              forward_item(plan, p->q, p->k, p->v, p->out, p->st, j, &rows, t0, ws);
+              break;
+            case PASS_DKDV:
+              backward_kv_item(plan, i, p->q, p->k, p->v, p->dout, p->lse, p->delta, p->dk, p->dv,
+                               j, &rows, t0, ws);
+              break;
+            case PASS_DQ:
+              backward_q_item(plan, p->q, p->k, p->v, p->dout, p->lse, p->delta, p->dq, j, &rows,
+                              t0, ws);
+              break;
+          }
+        }
+      }
+    }
+  }
+}
+
+static da_status check_forward_buffers(const da_attn_plan* plan, const float* q, const float* k,
+                                       const float* v, const float* out, const float* lse) {
+  if (q == NULL) return da_error_set(DA_STATUS_INVALID_ARGUMENT, "q must not be NULL");
+  if (k == NULL) return da_error_set(DA_STATUS_INVALID_ARGUMENT, "k must not be NULL");
+  if (v == NULL) return da_error_set(DA_STATUS_INVALID_ARGUMENT, "v must not be NULL");
+  if (out == NULL) return da_error_set(DA_STATUS_INVALID_ARGUMENT, "out must not be NULL");
+  size_t q_bytes = (size_t)plan->tokens * plan->h * plan->d * sizeof(float);
+  size_t kv_bytes = (size_t)plan->tokens * plan->h_kv * plan->d * sizeof(float);
+  size_t lse_bytes = (size_t)plan->tokens * plan->h * sizeof(float);
+  da_status st = DA_STATUS_SUCCESS;
+  if (!st) st = da_attn_check_disjoint(out, q_bytes, "out", q, q_bytes, "q");
+  if (!st) st = da_attn_check_disjoint(out, q_bytes, "out", k, kv_bytes, "k");
+  if (!st) st = da_attn_check_disjoint(out, q_bytes, "out", v, kv_bytes, "v");
+  if (lse != NULL) {
+    if (!st) st = da_attn_check_disjoint(lse, lse_bytes, "lse", out, q_bytes, "out");
+    if (!st) st = da_attn_check_disjoint(lse, lse_bytes, "lse", q, q_bytes, "q");
+    if (!st) st = da_attn_check_disjoint(lse, lse_bytes, "lse", k, kv_bytes, "k");
+    if (!st) st = da_attn_check_disjoint(lse, lse_bytes, "lse", v, kv_bytes, "v");
+  }
+  return st;
+}
+
+da_status da_attention_forward_cpu(const da_attention_params* params,
+                                   const da_attention_batch* batch, const float* q,
+                                   const float* k, const float* v, float* out, float* lse) {
+  da_error_clear();
+  da_attn_plan plan = {0};
+  da_status status = da_attn_plan_init(params, batch, &plan);
+  if (status) return status;
+  status = check_forward_buffers(&plan, q, k, v, out, lse);
+  if (status) return status;
+
+  const size_t rows_h = (size_t)plan.tokens * plan.h;
+  const int d = plan.d;
+  const int threads = omp_get_max_threads();
+  size_t ws_stride = 0;
+  softmax_state st = {malloc(rows_h * sizeof(float)), malloc(rows_h * sizeof(float))};
+  float* ws_base = workspaces_alloc(threads, d, &ws_stride);
+  if (st.m == NULL || st.l == NULL || ws_base == NULL) {
+    status = da_error_set(DA_STATUS_OUT_OF_MEMORY,
+                          "could not allocate %zu bytes of softmax state and workspace",
+                          rows_h * 2 * sizeof(float) + ws_stride * threads * sizeof(float));
+    goto done;
+  }
+
+#pragma omp parallel num_threads(threads)
+  {
+    workspace ws = workspace_at(ws_base + ws_stride * omp_get_thread_num(), d);
+#pragma omp for schedule(static)
+    for (size_t x = 0; x < rows_h; x++) {
+      st.m[x] = -INFINITY;
+      st.l[x] = 0.0f;
+      memset(out + x * d, 0, sizeof(float) * d);
+    }
+    const pass forward = {.kind = PASS_FORWARD, .q = q, .k = k, .v = v, .out = out, .st = st};
+    run_pass(&plan, &forward, ws);
+#pragma omp for schedule(static)
+    for (size_t x = 0; x < rows_h; x++) {
+      const float l = st.l[x];
+      if (l > 0.0f) {
+        const float inv = 1.0f / l;
+        for (int c = 0; c < d; c++) out[x * d + c] *= inv;
+      }
+      if (lse != NULL) lse[x] = l > 0.0f ? st.m[x] + logf(l) : -INFINITY;
+    }
+  }
+
+done:
+  free(st.m);
+  free(st.l);
+  free(ws_base);
+  return status;
+}
+
 static da_status check_backward_buffers(const da_attn_plan* plan, const float* q,
                                         const float* k, const float* v, const float* out,
                                         const float* lse, const float* dout, const float* dq,
@@ -620,34 +653,12 @@ da_status da_attention_backward_cpu(const da_attention_params* params,
       memset(dk + x * d, 0, sizeof(float) * d);
       memset(dv + x * d, 0, sizeof(float) * d);
     }
-    for (int i = 0; i < plan.num_patterns; i++) {
-      const int64_t tps_k = tiles_per_segment(&plan, i, DA_CPU_TILE_K);
-      const int64_t tps_q = tiles_per_segment(&plan, i, DA_CPU_TILE_Q);
-      for (int64_t s = 0; s < plan.batch; s++) {
-        const int64_t n = da_attn_seq_len(&plan, s), start = da_attn_seq_start(&plan, s);
-        const int64_t kv_items = segments_of(n, plan.w[i]) * tps_k;
-        const int64_t q_items = segments_of(n, plan.w[i]) * tps_q;
-#pragma omp for collapse(2) schedule(dynamic, 1) nowait
-        for (int j = 0; j < plan.h; j++) {
-          for (int64_t idx = 0; idx < kv_items; idx++) {
-            dilated_rows rows;
-            int64_t k0;
-            if (item_rows(&plan, start, n, i, j, idx, tps_k, DA_CPU_TILE_K, &rows, &k0))
-              backward_kv_item(&plan, i, q, k, v, dout, lse, delta, dk, dv, j, &rows, k0, ws);
-          }
-        }
-        /* dQ items write dq only and read no dk/dv: they may overlap the loop above. */
-#pragma omp for collapse(2) schedule(dynamic, 1)
-        for (int j = 0; j < plan.h; j++) {
-          for (int64_t idx = 0; idx < q_items; idx++) {
-            dilated_rows rows;
-            int64_t q0;
-            if (item_rows(&plan, start, n, i, j, idx, tps_q, DA_CPU_TILE_Q, &rows, &q0))
-              backward_q_item(&plan, q, k, v, dout, lse, delta, dq, j, &rows, q0, ws);
-          }
-        }
-      }
-    }
+    const pass dkdv = {.kind = PASS_DKDV, .q = q, .k = k, .v = v, .dout = dout, .lse = lse,
+                       .delta = delta, .dk = dk, .dv = dv};
+    run_pass(&plan, &dkdv, ws);
+    const pass dq_pass = {.kind = PASS_DQ, .q = q, .k = k, .v = v, .dout = dout, .lse = lse,
+                          .delta = delta, .dq = dq};
+    run_pass(&plan, &dq_pass, ws);
   }
 
 done:
