@@ -54,12 +54,10 @@ static da_status check_heads(const da_attention_params* p, da_attn_plan* plan) {
                         (int)p->mode);
   switch (p->offset_policy) {
     case DA_OFFSET_DEFAULT:
-      plan->offset = p->mode == DA_MODE_LONGNET ? DA_OFFSET_HEAD : DA_OFFSET_GROUP;
-      break;
     case DA_OFFSET_HEAD:
     case DA_OFFSET_GROUP:
     case DA_OFFSET_BLOCK:
-      plan->offset = p->offset_policy;
+      plan->offset = da_attn_resolve_offset_policy(p->mode, p->offset_policy);
       break;
     default:
       return da_error_set(DA_STATUS_INVALID_ARGUMENT,

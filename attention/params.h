@@ -44,19 +44,36 @@ static inline int da_attn_head_group(int j, int h, int k) {
   return j < big ? j / (base + 1) : extra + (j - big) / base;
 }
 
+/* The selection rules of docs/semantics.md as pure functions, shared by every
+ * component that needs them (attention backends, sparse_pattern). k is the
+ * number of patterns. */
+static inline da_offset_policy da_attn_resolve_offset_policy(da_attention_mode mode,
+                                                             da_offset_policy policy) {
+  if (policy != DA_OFFSET_DEFAULT) return policy;
+  return mode == DA_MODE_LONGNET ? DA_OFFSET_HEAD : DA_OFFSET_GROUP;
+}
+
+static inline int da_attn_head_uses_pattern(da_attention_mode mode, int i, int j, int h, int k) {
+  return mode == DA_MODE_LONGNET || da_attn_head_group(j, h, k) == i;
+}
+
+/* Offset in [0, r) of head j's selected positions (policy already resolved). */
+static inline int da_attn_head_offset(da_offset_policy policy, int j, int h, int k, int r) {
+  switch (policy) {
+    case DA_OFFSET_GROUP: return da_attn_head_group(j, h, k) % r;
+    case DA_OFFSET_BLOCK: return j / ((h + r - 1) / r);
+    default: return j % r;
+  }
+}
+
 /* Whether head j attends with pattern i. */
 static inline int da_attn_uses_pattern(const da_attn_plan* plan, int i, int j) {
-  return plan->mode == DA_MODE_LONGNET || da_attn_head_group(j, plan->h, plan->num_patterns) == i;
+  return da_attn_head_uses_pattern(plan->mode, i, j, plan->h, plan->num_patterns);
 }
 
 /* Offset o in [0, r_i) of head j's selected positions inside pattern i's segments. */
 static inline int da_attn_offset(const da_attn_plan* plan, int i, int j) {
-  int r = plan->r[i];
-  switch (plan->offset) {
-    case DA_OFFSET_GROUP: return da_attn_head_group(j, plan->h, plan->num_patterns) % r;
-    case DA_OFFSET_BLOCK: return j / ((plan->h + r - 1) / r);
-    default: return j % r;
-  }
+  return da_attn_head_offset(plan->offset, j, plan->h, plan->num_patterns, plan->r[i]);
 }
 
 /* Number of positions selected at offset o in a segment of length seg_len with

@@ -92,6 +92,17 @@ JSON
 expect 0 "config, overridden by a flag" -- bench --config "$TMP/good.json" --n 384 --csv
 grep -q ',384,' "$TMP/out" || fail "--n on the command line did not override the config's n"
 
+printf '{}' >"$TMP/config_empty.json"
+expect 0 "config check of an empty file (all defaults)" -- config check "$TMP/config_empty.json"
+stdout_has '"block_size": 128'
+printf '{"sparse": {"foo": 1}}' >"$TMP/config_bad_key.json"
+expect 2 "config check with an unknown nested key" -- config check "$TMP/config_bad_key.json"
+grep -q "sparse.foo" "$TMP/err" || fail "config check did not name sparse.foo"
+printf '{"sparse": {"local_sparsity": 0.3}}' >"$TMP/config_alias.json"
+expect 0 "config check with a deprecated alias" -- config check "$TMP/config_alias.json"
+grep -q "warning" "$TMP/err" || fail "config check gave no deprecation warning"
+expect 2 "config without a file" -- config check
+
 expect 0 "demo --n 1024" -- demo --n 1024
 stdout_has "PASS"
 

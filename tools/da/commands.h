@@ -5,5 +5,6 @@
 
 int cli_demo_main(int argc, char** argv);
 int cli_bench_main(int argc, char** argv);
+int cli_config_main(int argc, char** argv);
 
 #endif /* DA_TOOLS_COMMANDS_H */

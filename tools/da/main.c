@@ -15,6 +15,8 @@ static void print_usage(FILE* out) {
           "            random inputs, a slice checked against the dense oracle (PASS/FAIL)\n"
           "  bench     configurable benchmark (flags or --config FILE.json; --json, --csv);\n"
           "            --ceiling measures this CPU's peak fp32 FLOP/s\n"
+          "  config    check FILE.json: the effective distributed-sparse config (defaults\n"
+          "            and launcher topology filled in) as JSON, or its errors\n"
           "  version   print the version of da and of the library\n"
           "\n"
           "da <command> --help describes a command's flags. Exit status: 0 success,\n"
@@ -23,7 +25,7 @@ static void print_usage(FILE* out) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    fprintf(stderr, "da: missing command (demo, bench or version; see da --help)\n");
+    fprintf(stderr, "da: missing command (demo, bench, config or version; see da --help)\n");
     return CLI_EXIT_USAGE;
   }
   const char* command = argv[1];
@@ -43,7 +45,8 @@ int main(int argc, char** argv) {
   }
   if (strcmp(command, "demo") == 0) return cli_demo_main(argc - 2, argv + 2);
   if (strcmp(command, "bench") == 0) return cli_bench_main(argc - 2, argv + 2);
-  fprintf(stderr, "da: unknown command '%s' (commands: demo, bench, version; see da --help)\n",
+  if (strcmp(command, "config") == 0) return cli_config_main(argc - 2, argv + 2);
+  fprintf(stderr, "da: unknown command '%s' (commands: demo, bench, config, version; see da --help)\n",
           command);
   return CLI_EXIT_USAGE;
 }
