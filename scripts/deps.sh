@@ -8,7 +8,9 @@ DA_APT_PACKAGES=(
   bazel-bootstrap          # Bazel 4.2.3
   bazel-rules-java         # @rules_java, referenced by Bazel's built-in WORKSPACE
   googletest               # sources under /usr/src/googletest
-  libcjson-dev             # JSON configs (da bench --config)
+  libcjson-dev             # JSON configs (da bench --config, dist_config)
+  clang-14                 # libFuzzer targets (tests/mempool:fuzz_test)
+  libclang-rt-14-dev       # libFuzzer + sanitizer runtimes for clang-14
 )
 
 da_missing_packages() {
