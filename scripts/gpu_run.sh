@@ -14,6 +14,8 @@ summary="$logs/summary.txt"
 : >"$summary"
 export NCCL_NVLS_ENABLE=0
 export LD_LIBRARY_PATH="$PWD/$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# Where tests/abi looks for the shared library outside Bazel's runfiles.
+export TEST_SRCDIR="$PWD" TEST_WORKSPACE="$bundle"
 
 row() { printf '%-44s %s\n' "$1" "$2" | tee -a "$summary"; }
 
