@@ -20,6 +20,7 @@ const char* da_status_string(da_status status) {
     case DA_STATUS_IO_ERROR: return "DA_STATUS_IO_ERROR";
     case DA_STATUS_PARSE_ERROR: return "DA_STATUS_PARSE_ERROR";
     case DA_STATUS_INTERNAL_ERROR: return "DA_STATUS_INTERNAL_ERROR";
+    case DA_STATUS_COMM_ERROR: return "DA_STATUS_COMM_ERROR";
   }
   return "DA_STATUS_UNKNOWN";
 }

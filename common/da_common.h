@@ -31,7 +31,8 @@ typedef enum {
   DA_STATUS_NO_DEVICE = 5,        /* no usable GPU (no driver, or no device) */
   DA_STATUS_IO_ERROR = 6,         /* reading or writing a file failed */
   DA_STATUS_PARSE_ERROR = 7,      /* malformed input text (JSON, flags) */
-  DA_STATUS_INTERNAL_ERROR = 8    /* a bug in the library: please report it */
+  DA_STATUS_INTERNAL_ERROR = 8,   /* a bug in the library: please report it */
+  DA_STATUS_COMM_ERROR = 9        /* a peer failed, disagreed or timed out in a collective */
 } da_status;
 
 /* Short constant name of a status, e.g. "DA_STATUS_INVALID_ARGUMENT". Never NULL. */

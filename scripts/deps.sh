@@ -9,6 +9,9 @@ DA_APT_PACKAGES=(
   bazel-rules-java         # @rules_java, referenced by Bazel's built-in WORKSPACE
   googletest               # sources under /usr/src/googletest
   libcjson-dev             # JSON configs (da bench --config, dist_config)
+  libzstd-dev              # comm: lossless gradient/checkpoint codec
+  libopenmpi-dev           # comm: MPI engine, NCCL bootstrap
+  openmpi-bin              # mpirun for the multi-process tests
   clang-14                 # libFuzzer targets (tests/mempool:fuzz_test)
   libclang-rt-14-dev       # libFuzzer + sanitizer runtimes for clang-14
 )

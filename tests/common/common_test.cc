@@ -11,11 +11,11 @@
 namespace {
 
 TEST(Common, StatusStringsAreDistinctAndNamed) {
-  for (int a = DA_STATUS_SUCCESS; a <= DA_STATUS_INTERNAL_ERROR; a++) {
+  for (int a = DA_STATUS_SUCCESS; a <= DA_STATUS_COMM_ERROR; a++) {
     const char* sa = da_status_string((da_status)a);
     EXPECT_EQ(strncmp(sa, "DA_STATUS_", 10), 0) << sa;
     EXPECT_STRNE(sa, "DA_STATUS_UNKNOWN");
-    for (int b = a + 1; b <= DA_STATUS_INTERNAL_ERROR; b++)
+    for (int b = a + 1; b <= DA_STATUS_COMM_ERROR; b++)
       EXPECT_STRNE(sa, da_status_string((da_status)b));
   }
   EXPECT_STREQ(da_status_string((da_status)999), "DA_STATUS_UNKNOWN");
