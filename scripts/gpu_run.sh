@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine over the bundle from scripts/gpu_bundle.sh: every test
-# binary, compute-sanitizer (memcheck + racecheck) on the tests named in
-# DA_GPU_SANITIZE, and the benchmarks named in DA_GPU_BENCH ("tool:arg,arg ...").
+# binary (unless DA_GPU_TESTS=0), compute-sanitizer (memcheck + racecheck) on the
+# tests named in DA_GPU_SANITIZE ("test" or "test:gtest-filter"), and the benchmarks
+# named in DA_GPU_BENCH ("tool:arg,arg ...").
 # Logs: $OUT/logs.tgz (the device tool returns few files) and $OUT/summary.txt;
 # a short table is printed last. Usage: scripts/gpu_run.sh [bundle-dir]
 set -uo pipefail
@@ -23,6 +24,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"
 row "gpu" "$(head -1 "$logs/gpu.txt")"
 
 for t in "$bundle"/tests/*; do
+  [ "${DA_GPU_TESTS:-1}" = 1 ] || break
   name=$(basename "$t")
   timeout 600 "$t" >"$logs/test_$name.log" 2>&1
   rc=$?
@@ -31,11 +33,11 @@ for t in "$bundle"/tests/*; do
 done
 
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-for t in ${DA_GPU_SANITIZE:-}; do
+for entry in ${DA_GPU_SANITIZE:-}; do  # "test" or "test:gtest-filter"
+  IFS=: read -r t filter <<<"$entry"
   for tool in memcheck racecheck; do
-    timeout 600 "$sanitizer" --tool "$tool" --error-exitcode 9 "$bundle/tests/$t" \
-      ${DA_GPU_SANITIZE_FILTER:+--gtest_filter=$DA_GPU_SANITIZE_FILTER} \
-      >"$logs/sanitize_${tool}_$t.log" 2>&1
+    timeout "${DA_GPU_SANITIZE_TIMEOUT:-150}" "$sanitizer" --tool "$tool" --error-exitcode 9 "$bundle/tests/$t" \
+      ${filter:+--gtest_filter=$filter} >"$logs/sanitize_${tool}_$t.log" 2>&1
     row "$tool $t" "rc=$? $(grep -m1 'ERROR SUMMARY' "$logs/sanitize_${tool}_$t.log")"
   done
 done
