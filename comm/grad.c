@@ -666,8 +666,17 @@ da_status da_grad_destroy(da_grad_comm* g) {
     if (st != DA_STATUS_SUCCESS) g->poisoned = 1;
   }
   /* After a failed wait the engine may still write into bucket memory: keep it. */
-  if (!g->poisoned) release_buckets(g);
-  else free(g->buckets);
+  if (!g->poisoned) {
+    release_buckets(g);
+    /* The engine's stream may be destroyed after us: the pool must not keep
+     * fencing a stream handle that is about to die (da_mempool.h). */
+    if (g->comm->stream != NULL) {
+      da_status rs = da_mempool_release_stream(g->pool, g->comm->stream);
+      if (st == DA_STATUS_SUCCESS) st = rs;
+    }
+  } else {
+    free(g->buckets);
+  }
   da_bucket_plan_free(&g->plan);
   free(g->marked);
   free(g->tensors);

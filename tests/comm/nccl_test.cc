@@ -108,7 +108,17 @@ TEST(NcclEngine, EveryCollectiveOnOneRank) {
       cudaMemset(recv.p, 0xff, n * 4);
       ASSERT_EQ(da_comm_allreduce(comm.c, send.p, recv.p, n, DA_DTYPE_F32, op), DA_STATUS_SUCCESS) << da_last_error();
       ASSERT_EQ(da_comm_synchronize(comm.c), DA_STATUS_SUCCESS) << da_last_error();
-      EXPECT_EQ(bits_of<uint32_t>(recv.get<float>(n)), bits_of<uint32_t>(x)) << "op " << op;
+      const std::vector<float> got = recv.get<float>(n);
+      if (op != DA_COMM_AVG) {
+        EXPECT_EQ(bits_of<uint32_t>(got), bits_of<uint32_t>(x)) << "op " << op;
+        continue;
+      }
+      // ncclAvg multiplies by 1/nranks on the GPU (observed on H100 + NCCL 2.28: not
+      // bit-identical to x on one rank): within 1 ulp, denormals may flush to zero.
+      size_t bad = 0;
+      for (size_t i = 0; i < n; i++)
+        bad += !(fabsf(got[i] - x[i]) <= 1.2e-7f * fabsf(x[i]) || fabsf(x[i]) < 1.2e-38f);
+      EXPECT_EQ(bad, 0u) << "AVG differs from x beyond 1 ulp in " << bad << " of " << n;
     }
     // Other dtypes go through as their own NCCL types (one rank: identity).
     std::vector<double> d(n);
