@@ -193,15 +193,25 @@ static ncclRedOp_t nccl_op(da_comm_op op) {
   return ncclSum;
 }
 
+/* On one rank an average is the identity. NCCL 2.28.3's ncclAvg on one H100 rank
+ * left the last count % 4 float32 elements of an all-reduce unwritten (seen
+ * 2026-11-24, count 100003), so one rank reduces with ncclSum instead. Whether
+ * ncclAvg is right on several ranks with ragged counts is for the multi-GPU tests. */
+static ncclRedOp_t nccl_op_for(const da_comm* comm, da_comm_op op) {
+  return comm->size == 1 && op == DA_COMM_AVG ? ncclSum : nccl_op(op);
+}
+
 static ncclResult_t issue(da_comm* comm, const da_comm_opdesc* d) {
   nccl_state* s = state_of(comm);
   ncclDataType_t t = nccl_type(d->elem);
   switch (d->kind) {
     case DA_OP_ALLREDUCE:
-      return ncclAllReduce(d->send, d->recv, d->count, t, nccl_op(d->op), s->nccl, s->stream);
+      return ncclAllReduce(d->send, d->recv, d->count, t, nccl_op_for(comm, d->op), s->nccl,
+                           s->stream);
     case DA_OP_ALLGATHER: return ncclAllGather(d->send, d->recv, d->count, t, s->nccl, s->stream);
     case DA_OP_REDUCE_SCATTER:
-      return ncclReduceScatter(d->send, d->recv, d->count, t, nccl_op(d->op), s->nccl, s->stream);
+      return ncclReduceScatter(d->send, d->recv, d->count, t, nccl_op_for(comm, d->op), s->nccl,
+                               s->stream);
     case DA_OP_BROADCAST:
       return ncclBroadcast(d->send, d->recv, d->count, t, d->peer, s->nccl, s->stream);
     case DA_OP_SEND: return ncclSend(d->send, d->count, t, d->peer, s->nccl, s->stream);
