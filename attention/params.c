@@ -47,6 +47,38 @@ static da_status check_patterns(const da_attention_params* p, da_attn_plan* plan
   return DA_STATUS_SUCCESS;
 }
 
+da_status da_attn_check_heads(int num_heads, int num_kv_heads, int head_dim,
+                              float softmax_scale, int* h_kv_out, float* scale_out) {
+  if (num_heads < 1)
+    return da_error_set(DA_STATUS_INVALID_ARGUMENT, "params->num_heads=%d must be >= 1",
+                        num_heads);
+  int h_kv = num_kv_heads == 0 ? num_heads : num_kv_heads;
+  if (h_kv < 1)
+    return da_error_set(DA_STATUS_INVALID_ARGUMENT,
+                        "params->num_kv_heads=%d must be >= 1 (or 0 for num_heads)",
+                        num_kv_heads);
+  if (num_heads % h_kv != 0)
+    return da_error_set(DA_STATUS_INVALID_ARGUMENT,
+                        "params->num_heads=%d is not divisible by params->num_kv_heads=%d "
+                        "(GQA needs h %% h_kv == 0)",
+                        num_heads, h_kv);
+  if (head_dim < 1 || head_dim > DA_MAX_HEAD_DIM)
+    return da_error_set(DA_STATUS_INVALID_ARGUMENT, "params->head_dim=%d is outside [1, %d]",
+                        head_dim, DA_MAX_HEAD_DIM);
+  float s = softmax_scale;
+  if (s == 0.0f) {
+    s = 1.0f / sqrtf((float)head_dim);
+  } else if (!(s > 0.0f) || isinf(s)) {
+    return da_error_set(DA_STATUS_INVALID_ARGUMENT,
+                        "params->softmax_scale=%g must be positive and finite "
+                        "(or 0 for 1/sqrt(head_dim))",
+                        (double)s);
+  }
+  *h_kv_out = h_kv;
+  *scale_out = s;
+  return DA_STATUS_SUCCESS;
+}
+
 static da_status check_heads(const da_attention_params* p, da_attn_plan* plan) {
   if (p->mode != DA_MODE_LONGNET && p->mode != DA_MODE_HEAD_GROUP)
     return da_error_set(DA_STATUS_INVALID_ARGUMENT,
@@ -65,35 +97,11 @@ static da_status check_heads(const da_attention_params* p, da_attn_plan* plan) {
                           (int)p->offset_policy);
   }
   plan->mode = p->mode;
-  if (p->num_heads < 1)
-    return da_error_set(DA_STATUS_INVALID_ARGUMENT, "params->num_heads=%d must be >= 1",
-                        p->num_heads);
-  int h_kv = p->num_kv_heads == 0 ? p->num_heads : p->num_kv_heads;
-  if (h_kv < 1)
-    return da_error_set(DA_STATUS_INVALID_ARGUMENT,
-                        "params->num_kv_heads=%d must be >= 1 (or 0 for num_heads)",
-                        p->num_kv_heads);
-  if (p->num_heads % h_kv != 0)
-    return da_error_set(DA_STATUS_INVALID_ARGUMENT,
-                        "params->num_heads=%d is not divisible by params->num_kv_heads=%d "
-                        "(GQA needs h %% h_kv == 0)",
-                        p->num_heads, h_kv);
-  if (p->head_dim < 1 || p->head_dim > DA_MAX_HEAD_DIM)
-    return da_error_set(DA_STATUS_INVALID_ARGUMENT, "params->head_dim=%d is outside [1, %d]",
-                        p->head_dim, DA_MAX_HEAD_DIM);
-  float s = p->softmax_scale;
-  if (s == 0.0f) {
-    s = 1.0f / sqrtf((float)p->head_dim);
-  } else if (!(s > 0.0f) || isinf(s)) {
-    return da_error_set(DA_STATUS_INVALID_ARGUMENT,
-                        "params->softmax_scale=%g must be positive and finite "
-                        "(or 0 for 1/sqrt(head_dim))",
-                        (double)s);
-  }
+  da_status st = da_attn_check_heads(p->num_heads, p->num_kv_heads, p->head_dim,
+                                     p->softmax_scale, &plan->h_kv, &plan->scale);
+  if (st != DA_STATUS_SUCCESS) return st;
   plan->h = p->num_heads;
-  plan->h_kv = h_kv;
   plan->d = p->head_dim;
-  plan->scale = s;
   plan->causal = p->causal != 0;
   return DA_STATUS_SUCCESS;
 }

@@ -24,6 +24,12 @@ typedef struct {
   int64_t tokens;
 } da_attn_plan;
 
+/* The head shape every attention flavour shares (dilated, block-sparse): h >= 1,
+ * h_kv (0 = h) >= 1 dividing h, 1 <= d <= DA_MAX_HEAD_DIM, scale > 0 and finite
+ * (0 = 1/sqrt(d)). Names the params-> field on failure; resolves h_kv and scale. */
+da_status da_attn_check_heads(int num_heads, int num_kv_heads, int head_dim,
+                              float softmax_scale, int* h_kv, float* scale);
+
 /* Validates params and batch (every rule of dilated_attention.h) and fills plan. */
 da_status da_attn_plan_init(const da_attention_params* params, const da_attention_batch* batch,
                             da_attn_plan* plan);

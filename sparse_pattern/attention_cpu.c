@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attention/params.h"
 #include "common/error.h"
 #include "sparse_pattern/pattern_internal.h"
 
@@ -52,24 +53,11 @@ static da_status plan_init(const da_pattern_layout* layout, const da_pattern_att
     return da_error_set(DA_STATUS_INVALID_ARGUMENT,
                         "params->num_heads=%d does not match the layout's %d heads", p->num_heads,
                         b->num_heads);
-  const int hk = p->num_kv_heads == 0 ? p->num_heads : p->num_kv_heads;
-  if (hk < 1 || p->num_heads % hk != 0)
-    return da_error_set(DA_STATUS_INVALID_ARGUMENT,
-                        "params->num_kv_heads=%d must be >= 1 (or 0 for num_heads) and divide "
-                        "num_heads=%d",
-                        p->num_kv_heads, p->num_heads);
-  if (p->head_dim < 1 || p->head_dim > DA_MAX_HEAD_DIM)
-    return da_error_set(DA_STATUS_INVALID_ARGUMENT, "params->head_dim=%d is outside [1, %d]",
-                        p->head_dim, DA_MAX_HEAD_DIM);
-  float s = p->softmax_scale;
-  if (s == 0.0f) {
-    s = 1.0f / sqrtf((float)p->head_dim);
-  } else if (!(s > 0.0f) || isinf(s)) {
-    return da_error_set(DA_STATUS_INVALID_ARGUMENT,
-                        "params->softmax_scale=%g must be positive and finite (or 0 for "
-                        "1/sqrt(head_dim))",
-                        (double)s);
-  }
+  int hk = 0;
+  float s = 0.0f;
+  da_status st = da_attn_check_heads(p->num_heads, p->num_kv_heads, p->head_dim,
+                                     p->softmax_scale, &hk, &s);
+  if (st != DA_STATUS_SUCCESS) return st;
   if (b->seqlen > INT64_MAX / p->batch ||
       b->seqlen * p->batch > (int64_t)(SIZE_MAX / 8 / (size_t)p->num_heads / (size_t)p->head_dim))
     return da_error_set(DA_STATUS_INVALID_ARGUMENT,
