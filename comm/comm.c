@@ -399,3 +399,14 @@ da_status da_comm_event_stream_wait(da_comm_event* event, void* stream) {
   if (!event->recorded) return DA_STATUS_SUCCESS;
   return event->comm->vt->event_stream_wait(event, stream);
 }
+
+da_status da_comm_check_config(const da_comm_config* c, const char* fn) {
+  if (c->timeout_ms <= 0)
+    return da_error_set(DA_STATUS_INVALID_ARGUMENT, "%s: config.timeout_ms=%d must be positive", fn,
+                        c->timeout_ms);
+  if (c->verify_sizes != 0 && c->verify_sizes != 1)
+    return da_error_set(DA_STATUS_INVALID_ARGUMENT, "%s: config.verify_sizes=%d must be 0 or 1", fn,
+                        c->verify_sizes);
+  return DA_STATUS_SUCCESS;
+}
+

@@ -160,6 +160,10 @@ da_status da_error_wrap(da_status st, const char* prefix_fmt, ...);
 /* Host helpers shared by the engines: scaling for AVG on engines without it. */
 void da_host_scale(void* data, size_t count, da_elem elem, double factor);
 
+/* Validates the engine-independent fields of a communicator config (timeout_ms,
+ * verify_sizes); fn names the creating call in the sentence. */
+da_status da_comm_check_config(const da_comm_config* c, const char* fn);
+
 #ifdef __cplusplus
 }
 #endif

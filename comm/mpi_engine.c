@@ -178,16 +178,6 @@ static da_status duplicate_base(const da_comm_config* config, MPI_Comm* dup, con
   return st;
 }
 
-static da_status check_config(const da_comm_config* c, const char* fn) {
-  if (c->timeout_ms <= 0)
-    return da_error_set(DA_STATUS_INVALID_ARGUMENT, "%s: config.timeout_ms=%d must be positive", fn,
-                        c->timeout_ms);
-  if (c->verify_sizes != 0 && c->verify_sizes != 1)
-    return da_error_set(DA_STATUS_INVALID_ARGUMENT, "%s: config.verify_sizes=%d must be 0 or 1", fn,
-                        c->verify_sizes);
-  return DA_STATUS_SUCCESS;
-}
-
 /* --- Reductions on 2-byte floats --------------------------------------------------------- */
 
 #define DEFINE_HALF_OP(name, elem, op)                                         \
@@ -742,7 +732,7 @@ da_status da_comm_create_mpi(const da_comm_config* config, da_comm** comm) {
   if (comm == NULL) return da_error_set(DA_STATUS_INVALID_ARGUMENT, "%s: comm must not be NULL", fn);
   *comm = NULL;
   da_comm_config c = config ? *config : da_comm_config_default();
-  da_status st = check_config(&c, fn);
+  da_status st = da_comm_check_config(&c, fn);
   if (st == DA_STATUS_SUCCESS) st = ensure_mpi(fn);
   if (st != DA_STATUS_SUCCESS) return st;
 
@@ -812,7 +802,7 @@ da_status da_comm_create_nccl_mpi(const da_comm_config* config, da_comm** comm) 
   if (comm == NULL) return da_error_set(DA_STATUS_INVALID_ARGUMENT, "%s: comm must not be NULL", fn);
   *comm = NULL;
   da_comm_config c = config ? *config : da_comm_config_default();
-  da_status st = check_config(&c, fn);
+  da_status st = da_comm_check_config(&c, fn);
   if (st == DA_STATUS_SUCCESS) st = ensure_mpi(fn);
   if (st != DA_STATUS_SUCCESS) return st;
 

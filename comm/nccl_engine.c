@@ -502,16 +502,6 @@ static const da_comm_vtable nccl_vtable = {
 
 /* --- Creation ---------------------------------------------------------------------------------- */
 
-static da_status check_config(const da_comm_config* c, const char* fn) {
-  if (c->timeout_ms <= 0)
-    return da_error_set(DA_STATUS_INVALID_ARGUMENT, "%s: config.timeout_ms=%d must be positive", fn,
-                        c->timeout_ms);
-  if (c->verify_sizes != 0 && c->verify_sizes != 1)
-    return da_error_set(DA_STATUS_INVALID_ARGUMENT, "%s: config.verify_sizes=%d must be 0 or 1", fn,
-                        c->verify_sizes);
-  return DA_STATUS_SUCCESS;
-}
-
 /* The handle and the per-communicator CUDA resources on `device` (current). */
 static da_status new_comm(const da_comm_config* c, int device, da_comm** out) {
   da_comm* comm = (da_comm*)calloc(1, sizeof *comm);
@@ -581,7 +571,7 @@ da_status da_comm_create_nccl_local(const da_comm_config* config, int ndev, cons
     return da_error_set(DA_STATUS_INVALID_ARGUMENT, "%s: ndev=%d must be in [1, 1024]", fn, ndev);
   for (int i = 0; i < ndev; i++) comms[i] = NULL;
   da_comm_config c = config ? *config : da_comm_config_default();
-  da_status st = check_config(&c, fn);
+  da_status st = da_comm_check_config(&c, fn);
   if (st != DA_STATUS_SUCCESS) return st;
   int* list = (int*)malloc(sizeof(int) * (size_t)ndev);
   ncclComm_t* ncomms = (ncclComm_t*)calloc((size_t)ndev, sizeof(ncclComm_t));
@@ -639,7 +629,7 @@ da_status da_comm_create_nccl_rank(const da_comm_config* config, const da_comm_n
   if (size < 1 || rank < 0 || rank >= size)
     return da_error_set(DA_STATUS_INVALID_ARGUMENT, "%s: rank=%d must be in [0, size=%d)", fn, rank, size);
   da_comm_config c = config ? *config : da_comm_config_default();
-  da_status st = check_config(&c, fn);
+  da_status st = da_comm_check_config(&c, fn);
   if (st == DA_STATUS_SUCCESS) st = check_device(device, fn);
   if (st != DA_STATUS_SUCCESS) return st;
   int previous = -1;
