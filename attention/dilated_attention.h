@@ -111,6 +111,45 @@ DA_API da_status da_attention_backward_cpu(const da_attention_params* params,
                                            const float* lse, const float* dout, float* dq,
                                            float* dk, float* dv);
 
+
+/* ---------------------------------------------------------------------------
+ * GPU (CUDA) passes. Same semantics and layouts as the CPU passes, with 16-bit
+ * tensors (dtype DA_DTYPE_BF16 or DA_DTYPE_F16) and fp32 accumulation; lse is
+ * float32 [tokens, num_heads]. Every tensor pointer is device memory on the
+ * current device (cudaSetDevice), every call is ordered on `stream` (a
+ * cudaStream_t; NULL = the legacy default stream): no device synchronisation and
+ * no cudaMalloc on the hot path (workspace comes from the device's default
+ * da_mempool, stream-ordered). batch->cu_seqlens stays a HOST array (as for the
+ * CPU); up to DA_CUDA_MAX_INLINE_SEQS sequences travel in the launch parameters,
+ * more are copied to a pool buffer with cudaMemcpyAsync (which may block the host
+ * until the copy has read the pageable source).
+ *
+ * Supported: head_dim 32, 64, 96 or 128; sm_80 or newer. Anything else gives
+ * DA_STATUS_NOT_SUPPORTED with a sentence, never a wrong answer; no GPU gives
+ * DA_STATUS_NO_DEVICE. Results are deterministic (no atomics). */
+#define DA_CUDA_MAX_INLINE_SEQS 256
+
+/* DA_STATUS_SUCCESS when the GPU passes can serve params with this dtype on the
+ * current device; otherwise the status the passes would return, and why. */
+DA_API da_status da_attention_cuda_supported(const da_attention_params* params, da_dtype dtype);
+
+/* GPU forward: writes out (all of it; 0 for queries no pattern covers) and, when
+ * lse is not NULL, lse (-inf where no key was seen). */
+DA_API da_status da_attention_forward_cuda(const da_attention_params* params,
+                                           const da_attention_batch* batch, da_dtype dtype,
+                                           const void* q, const void* k, const void* v,
+                                           void* out, float* lse, void* stream);
+
+/* GPU backward: the exact gradient. out and lse (required) are the forward's
+ * results; overwrites dq, dk, dv (all of them; GQA sums over the query heads
+ * sharing a kv head). Workspace: 4 * tokens * num_heads bytes from the pool. */
+DA_API da_status da_attention_backward_cuda(const da_attention_params* params,
+                                            const da_attention_batch* batch, da_dtype dtype,
+                                            const void* q, const void* k, const void* v,
+                                            const void* out, const float* lse,
+                                            const void* dout, void* dq, void* dk, void* dv,
+                                            void* stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -9,6 +9,13 @@
 
 #include "attention/dilated_attention.h"
 
+/* The selection rules below run on the host and, compiled by nvcc, in kernels. */
+#ifdef __CUDACC__
+#define DA_HD __host__ __device__
+#else
+#define DA_HD
+#endif
+
 typedef struct {
   int num_patterns;
   int w[DA_MAX_PATTERNS];
@@ -44,7 +51,7 @@ static inline int64_t da_attn_seq_len(const da_attn_plan* plan, int64_t s) {
 
 /* Head group of head j when h heads are split into k groups, the first h mod k
  * groups one head larger (fkodom's split). */
-static inline int da_attn_head_group(int j, int h, int k) {
+DA_HD static inline int da_attn_head_group(int j, int h, int k) {
   int base = h / k, extra = h % k;
   int big = extra * (base + 1);
   return j < big ? j / (base + 1) : extra + (j - big) / base;
@@ -53,18 +60,18 @@ static inline int da_attn_head_group(int j, int h, int k) {
 /* The selection rules of docs/semantics.md as pure functions, shared by every
  * component that needs them (attention backends, sparse_pattern). k is the
  * number of patterns. */
-static inline da_offset_policy da_attn_resolve_offset_policy(da_attention_mode mode,
+DA_HD static inline da_offset_policy da_attn_resolve_offset_policy(da_attention_mode mode,
                                                              da_offset_policy policy) {
   if (policy != DA_OFFSET_DEFAULT) return policy;
   return mode == DA_MODE_LONGNET ? DA_OFFSET_HEAD : DA_OFFSET_GROUP;
 }
 
-static inline int da_attn_head_uses_pattern(da_attention_mode mode, int i, int j, int h, int k) {
+DA_HD static inline int da_attn_head_uses_pattern(da_attention_mode mode, int i, int j, int h, int k) {
   return mode == DA_MODE_LONGNET || da_attn_head_group(j, h, k) == i;
 }
 
 /* Offset in [0, r) of head j's selected positions (policy already resolved). */
-static inline int da_attn_head_offset(da_offset_policy policy, int j, int h, int k, int r) {
+DA_HD static inline int da_attn_head_offset(da_offset_policy policy, int j, int h, int k, int r) {
   switch (policy) {
     case DA_OFFSET_GROUP: return da_attn_head_group(j, h, k) % r;
     case DA_OFFSET_BLOCK: return j / ((h + r - 1) / r);
@@ -84,7 +91,7 @@ static inline int da_attn_offset(const da_attn_plan* plan, int i, int j) {
 
 /* Number of positions selected at offset o in a segment of length seg_len with
  * dilation r (0 when o >= seg_len). */
-static inline int64_t da_attn_selected(int64_t seg_len, int r, int o) {
+DA_HD static inline int64_t da_attn_selected(int64_t seg_len, int r, int o) {
   return o < seg_len ? (seg_len - o + r - 1) / r : 0;
 }
 
