@@ -1,17 +1,280 @@
-// placeholder: replaced by the real host side
+// The host side of the CUDA passes: validation (the same plan as the CPU), the
+// device and pointer checks, the kernel arguments, and the stream-ordered launches.
+// Nothing here synchronises the device or calls cudaMalloc: the backward's delta
+// workspace and, for more than DA_CUDA_MAX_INLINE_SEQS sequences, the device copy
+// of cu_seqlens come from the device's default da_mempool on the caller's stream.
+#include <cuda_runtime.h>
+#include <math.h>
+#include <string.h>
+
+#include "attention/cuda_launch.h"
 #include "attention/dilated_attention.h"
+#include "attention/params.h"
 #include "common/error.h"
+#include "mempool/da_mempool.h"
+
+namespace {
+
+using da_cuda::KernelArgs;
+
+da_status cuda_failure(cudaError_t e, const char* what) {
+  return da_error_set(DA_STATUS_CUDA_ERROR, "%s failed: %s (%s)", what, cudaGetErrorName(e),
+                      cudaGetErrorString(e));
+}
+
+// Head dims with compiled kernels.
+bool head_dim_compiled(int d) { return d == 32 || d == 64 || d == 96 || d == 128; }
+
+// Everything but the tensors: params, dtype, device. On success *device is the
+// current device.
+da_status check_support(const da_attention_params* params, da_dtype dtype, int* device) {
+  if (params == nullptr)
+    return da_error_set(DA_STATUS_INVALID_ARGUMENT, "params must not be NULL");
+  if (dtype != DA_DTYPE_BF16 && dtype != DA_DTYPE_F16)
+    return da_error_set(DA_STATUS_NOT_SUPPORTED,
+                        "dtype=%s is not supported by the CUDA passes (bf16 or f16 inputs, "
+                        "fp32 accumulation; use the CPU passes for f32)",
+                        da_dtype_name(dtype));
+  if (!head_dim_compiled(params->head_dim))
+    return da_error_set(DA_STATUS_NOT_SUPPORTED,
+                        "params->head_dim=%d is not supported by the CUDA passes (32, 64, 96 "
+                        "or 128)",
+                        params->head_dim);
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    return da_error_set(DA_STATUS_NO_DEVICE, "no CUDA device is available (%s)",
+                        e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+  }
+  if ((e = cudaGetDevice(device)) != cudaSuccess) return cuda_failure(e, "cudaGetDevice");
+  int major = 0;
+  e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, *device);
+  if (e != cudaSuccess) return cuda_failure(e, "cudaDeviceGetAttribute");
+  if (major < 8)
+    return da_error_set(DA_STATUS_NOT_SUPPORTED,
+                        "device %d has compute capability %d.x; the CUDA passes need sm_80 "
+                        "or newer",
+                        *device, major);
+  return DA_STATUS_SUCCESS;
+}
+
+// The pointer must be device (or managed) memory the current device can use.
+da_status check_device_pointer(const void* p, const char* name, int device) {
+  if (p == nullptr) return da_error_set(DA_STATUS_INVALID_ARGUMENT, "%s must not be NULL", name);
+  cudaPointerAttributes attr;
+  cudaError_t e = cudaPointerGetAttributes(&attr, p);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return da_error_set(DA_STATUS_INVALID_ARGUMENT, "%s is not a CUDA pointer (%s)", name,
+                        cudaGetErrorString(e));
+  }
+  if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
+    return da_error_set(DA_STATUS_INVALID_ARGUMENT,
+                        "%s must be device memory (it is %s memory)", name,
+                        attr.type == cudaMemoryTypeHost ? "pinned host" : "pageable host");
+  if (attr.type == cudaMemoryTypeDevice && attr.device != device)
+    return da_error_set(DA_STATUS_INVALID_ARGUMENT,
+                        "%s lives on device %d but the current device is %d", name,
+                        attr.device, device);
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0)
+    return da_error_set(DA_STATUS_INVALID_ARGUMENT, "%s must be 16-byte aligned", name);
+  return DA_STATUS_SUCCESS;
+}
+
+struct Prepared {
+  KernelArgs args;
+  int device;
+  da_mempool* pool;
+  void* cu_buffer;  // pool block holding cu_seqlens on the device, or NULL
+};
+
+// Validates params/batch and fills the kernel arguments (tensors left NULL).
+da_status prepare(const da_attention_params* params, const da_attention_batch* batch,
+                  da_dtype dtype, cudaStream_t stream, Prepared* out) {
+  da_status st = check_support(params, dtype, &out->device);
+  if (st != DA_STATUS_SUCCESS) return st;
+  da_attn_plan plan;
+  if ((st = da_attn_plan_init(params, batch, &plan)) != DA_STATUS_SUCCESS) return st;
+  KernelArgs& a = out->args;
+  memset(&a, 0, sizeof a);
+  a.h = plan.h;
+  a.h_kv = plan.h_kv;
+  a.d = plan.d;
+  a.scale = plan.scale;
+  a.scale_log2 = plan.scale * 1.4426950408889634f;
+  a.causal = plan.causal;
+  a.mode = plan.mode;
+  a.offset = plan.offset;
+  a.num_patterns = plan.num_patterns;
+  int w_max = 0;
+  for (int i = 0; i < plan.num_patterns; ++i) {
+    a.w[i] = plan.w[i];
+    a.r[i] = plan.r[i];
+    w_max = plan.w[i] > w_max ? plan.w[i] : w_max;
+  }
+  if (plan.h > 65535 || plan.h_kv > 65535)
+    return da_error_set(DA_STATUS_NOT_SUPPORTED,
+                        "params->num_heads=%d: the CUDA passes take at most 65535 heads",
+                        plan.h);
+  int64_t n_max = 0;
+  for (int64_t s = 0; s < plan.batch; ++s) {
+    int64_t n = da_attn_seq_len(&plan, s);
+    n_max = n > n_max ? n : n_max;
+  }
+  // Positions inside a sequence, and one segment past its end, are int.
+  if (n_max + (int64_t)w_max >= ((int64_t)1 << 31))
+    return da_error_set(DA_STATUS_NOT_SUPPORTED,
+                        "a sequence of %lld tokens (plus the longest segment, %d) exceeds the "
+                        "CUDA passes' 2^31 positions per sequence",
+                        (long long)n_max, w_max);
+  if (plan.batch > 65535LL * 1024)
+    return da_error_set(DA_STATUS_NOT_SUPPORTED, "batch->batch=%lld is too large for one launch",
+                        (long long)plan.batch);
+  a.batch = (int)plan.batch;
+  a.n_max = (int)n_max;
+  a.tokens = plan.tokens;
+  out->pool = nullptr;
+  out->cu_buffer = nullptr;
+  if (plan.cu_seqlens == nullptr) {
+    a.varlen = 0;
+    a.seqlen = (int)plan.seqlen;
+  } else if (plan.batch <= DA_CUDA_MAX_INLINE_SEQS) {
+    a.varlen = 1;
+    memcpy(a.cu_inline, plan.cu_seqlens, sizeof(int64_t) * (size_t)(plan.batch + 1));
+  } else {
+    a.varlen = 2;
+    size_t bytes = sizeof(int64_t) * (size_t)(plan.batch + 1);
+    if ((st = da_mempool_default(out->device, &out->pool)) != DA_STATUS_SUCCESS) return st;
+    if ((st = da_mempool_allocate(out->pool, bytes, stream, &out->cu_buffer)) != DA_STATUS_SUCCESS)
+      return st;
+    cudaError_t e = cudaMemcpyAsync(out->cu_buffer, plan.cu_seqlens, bytes,
+                                    cudaMemcpyHostToDevice, stream);
+    if (e != cudaSuccess) {
+      da_mempool_free(out->pool, out->cu_buffer, stream);
+      return cuda_failure(e, "cudaMemcpyAsync(cu_seqlens)");
+    }
+    a.cu_device = static_cast<const int64_t*>(out->cu_buffer);
+  }
+  return DA_STATUS_SUCCESS;
+}
+
+da_status release(Prepared* p, cudaStream_t stream, da_status status) {
+  if (p->cu_buffer != nullptr) {
+    da_status st = da_mempool_free(p->pool, p->cu_buffer, stream);
+    if (status == DA_STATUS_SUCCESS) status = st;
+  }
+  return status;
+}
+
+struct Tensor {
+  const void* ptr;
+  const char* name;
+  size_t bytes;
+};
+
+// Device pointers, and outputs that must not overlap anything else.
+da_status check_tensors(const Tensor* in, int n_in, const Tensor* outs, int n_out, int device) {
+  for (int i = 0; i < n_in + n_out; ++i) {
+    const Tensor& t = i < n_in ? in[i] : outs[i - n_in];
+    if (t.ptr == nullptr && i >= n_in && strcmp(t.name, "lse") == 0) continue;  // optional
+    da_status st = check_device_pointer(t.ptr, t.name, device);
+    if (st != DA_STATUS_SUCCESS) return st;
+  }
+  for (int i = 0; i < n_out; ++i) {
+    if (outs[i].ptr == nullptr) continue;
+    for (int k = 0; k < n_in + n_out; ++k) {
+      const Tensor& o = k < n_in ? in[k] : outs[k - n_in];
+      if (k == n_in + i || o.ptr == nullptr) continue;
+      da_status st = da_attn_check_disjoint(outs[i].ptr, outs[i].bytes, outs[i].name, o.ptr,
+                                            o.bytes, o.name);
+      if (st != DA_STATUS_SUCCESS) return st;
+    }
+  }
+  return DA_STATUS_SUCCESS;
+}
+
+}  // namespace
+
 extern "C" {
-da_status da_attention_cuda_supported(const da_attention_params*, da_dtype) {
-  return da_error_set(DA_STATUS_NOT_SUPPORTED, "not yet");
+
+DA_API da_status da_attention_cuda_supported(const da_attention_params* params, da_dtype dtype) {
+  int device = 0;
+  return check_support(params, dtype, &device);
 }
-da_status da_attention_forward_cuda(const da_attention_params*, const da_attention_batch*, da_dtype,
-                                    const void*, const void*, const void*, void*, float*, void*) {
-  return da_error_set(DA_STATUS_NOT_SUPPORTED, "not yet");
+
+DA_API da_status da_attention_forward_cuda(const da_attention_params* params,
+                                           const da_attention_batch* batch, da_dtype dtype,
+                                           const void* q, const void* k, const void* v,
+                                           void* out, float* lse, void* stream_ptr) {
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  Prepared p;
+  da_status st = prepare(params, batch, dtype, stream, &p);
+  if (st != DA_STATUS_SUCCESS) return st;
+  KernelArgs& a = p.args;
+  size_t e = da_dtype_size(dtype);
+  size_t qb = (size_t)a.tokens * a.h * a.d * e, kb = (size_t)a.tokens * a.h_kv * a.d * e;
+  Tensor in[] = {{q, "q", qb}, {k, "k", kb}, {v, "v", kb}};
+  Tensor outs[] = {{out, "out", qb}, {lse, "lse", (size_t)a.tokens * a.h * sizeof(float)}};
+  st = check_tensors(in, 3, outs, 2, p.device);
+  if (st != DA_STATUS_SUCCESS) return release(&p, stream, st);
+  a.q = q;
+  a.k = k;
+  a.v = v;
+  a.out = out;
+  a.lse = lse;
+  cudaError_t ce = dtype == DA_DTYPE_BF16 ? da_cuda::launch_forward_bf16(a, stream)
+                                          : da_cuda::launch_forward_f16(a, stream);
+  if (ce != cudaSuccess) st = cuda_failure(ce, "the forward kernel launch");
+  return release(&p, stream, st);
 }
-da_status da_attention_backward_cuda(const da_attention_params*, const da_attention_batch*, da_dtype,
-                                     const void*, const void*, const void*, const void*,
-                                     const float*, const void*, void*, void*, void*, void*) {
-  return da_error_set(DA_STATUS_NOT_SUPPORTED, "not yet");
+
+DA_API da_status da_attention_backward_cuda(const da_attention_params* params,
+                                            const da_attention_batch* batch, da_dtype dtype,
+                                            const void* q, const void* k, const void* v,
+                                            const void* out, const float* lse,
+                                            const void* dout, void* dq, void* dk, void* dv,
+                                            void* stream_ptr) {
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  Prepared p;
+  da_status st = prepare(params, batch, dtype, stream, &p);
+  if (st != DA_STATUS_SUCCESS) return st;
+  KernelArgs& a = p.args;
+  size_t e = da_dtype_size(dtype);
+  size_t qb = (size_t)a.tokens * a.h * a.d * e, kb = (size_t)a.tokens * a.h_kv * a.d * e;
+  size_t lb = (size_t)a.tokens * a.h * sizeof(float);
+  if (lse == nullptr)
+    return release(&p, stream,
+                   da_error_set(DA_STATUS_INVALID_ARGUMENT,
+                                "lse must not be NULL: the backward pass needs the forward's "
+                                "log-sum-exp"));
+  Tensor in[] = {{q, "q", qb},     {k, "k", kb},     {v, "v", kb},
+                 {out, "out", qb}, {lse, "lse", lb}, {dout, "dout", qb}};
+  Tensor outs[] = {{dq, "dq", qb}, {dk, "dk", kb}, {dv, "dv", kb}};
+  st = check_tensors(in, 6, outs, 3, p.device);
+  if (st != DA_STATUS_SUCCESS) return release(&p, stream, st);
+  da_mempool* pool = nullptr;
+  void* delta = nullptr;
+  if ((st = da_mempool_default(p.device, &pool)) != DA_STATUS_SUCCESS)
+    return release(&p, stream, st);
+  if ((st = da_mempool_allocate(pool, lb > 0 ? lb : 4, stream, &delta)) != DA_STATUS_SUCCESS)
+    return release(&p, stream, st);
+  a.q = q;
+  a.k = k;
+  a.v = v;
+  a.out = const_cast<void*>(out);
+  a.lse_in = lse;
+  a.dout = dout;
+  a.delta = static_cast<const float*>(delta);
+  a.dq = dq;
+  a.dk = dk;
+  a.dv = dv;
+  cudaError_t ce = dtype == DA_DTYPE_BF16 ? da_cuda::launch_backward_bf16(a, stream)
+                                          : da_cuda::launch_backward_f16(a, stream);
+  if (ce != cudaSuccess) st = cuda_failure(ce, "the backward kernel launch");
+  da_status fs = da_mempool_free(pool, delta, stream);
+  if (st == DA_STATUS_SUCCESS) st = fs;
+  return release(&p, stream, st);
 }
-}
+
+}  // extern "C"

@@ -1,1 +1,888 @@
-#pragma once
+// cuda_kernels.cuh: the CUDA kernels of dilated attention (portable mma.sync path,
+// sm_80+), included by one translation unit per (pass, dtype).
+//
+// How the dilation is fused. A CTA owns `rows` positions of one sequence and one
+// head (or, for dK/dV, one kv head): p0 + L * t, t < rows, with L the lcm of the
+// dilations its heads use, in chunks that sit inside blocks of G positions (G the
+// gcd of the segment lengths). So for every (head, pattern) all the CTA's rows
+// have the same residue mod r and lie in the same segment: either all of them
+// are selected or none is. The CTA walks the (head, pattern, segment) "units"
+// that select its rows and, for each, streams the tiles of the other side (the
+// dilated keys for forward/dQ, the dilated queries for dK/dV) straight from the
+// [tokens, heads, d] tensors with a row stride of r tokens (cp.async, computed
+// row addresses; no gather copies). One online softmax (forward) or one
+// accumulator (backward) runs over every unit, so all patterns are merged in
+// registers and every output row is written once: no per-pattern outputs, no
+// fp32 workspace, no atomics (deterministic).
+//
+// When the geometry does not line up (lcm too large, segment lengths not a
+// multiple of the chunk), rows of a CTA can straddle segments or differ in
+// selection; units then cover part of the rows and per-row masks keep the result
+// exact (slower, never wrong).
+//
+// Tiles: 16 rows per warp; mma.sync m16n8k16 with fp32 accumulation; shared
+// tiles padded to d + 8 elements per row so ldmatrix is conflict-free for any d
+// that is a multiple of 16.
+#ifndef DA_ATTENTION_CUDA_KERNELS_CUH
+#define DA_ATTENTION_CUDA_KERNELS_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "attention/cuda_launch.h"
+#include "attention/params.h"
+
+namespace da_cuda {
+
+constexpr int kMaxRowStride = 64;  // larger lcm: contiguous rows (L = 1), masked
+
+// ---------------------------------------------------------------- geometry ----
+
+DA_HD inline int gcd_int(int x, int y) {
+  while (y != 0) {
+    int t = x % y;
+    x = y;
+    y = t;
+  }
+  return x;
+}
+
+// Geometry of the rows a CTA owns for heads [head_first, head_first + count).
+DA_HD inline RowGeometry row_geometry(const KernelArgs& a, int head_first, int count, int rows) {
+  long long L = 1;
+  int G = 0;
+  for (int j = head_first; j < head_first + count; ++j) {
+    for (int i = 0; i < a.num_patterns; ++i) {
+      if (!da_attn_head_uses_pattern((da_attention_mode)a.mode, i, j, a.h, a.num_patterns)) continue;
+      int r = a.r[i];
+      if (L <= kMaxRowStride) L = L / gcd_int((int)L, r) * r;
+      G = gcd_int(G, a.w[i]);
+    }
+  }
+  RowGeometry g;
+  g.L = L > kMaxRowStride ? 1 : (int)L;
+  long long chunk = (long long)rows * g.L;
+  g.G = (G == 0 || G < chunk) ? 0x7fffffff : G;
+  return g;
+}
+
+// CTAs per sequence of length n (monotone in n).
+DA_HD inline int tiles_for(RowGeometry g, int rows, int n) {
+  if (n <= 0) return 0;
+  long long chunk = (long long)rows * g.L;
+  long long blk = g.G < n ? g.G : n;
+  long long nb = (n + blk - 1) / blk, cpb = (blk + chunk - 1) / chunk;
+  return (int)(nb * cpb * g.L);
+}
+
+// The rows of CTA `tile`: positions p0 + L * t, t < nrows (sequence-relative).
+struct OwnRows {
+  int p0, L, nrows;
+};
+
+DA_HD inline bool own_rows(RowGeometry g, int rows, int n, int tile, OwnRows* out) {
+  if (n <= 0) return false;
+  long long chunk = (long long)rows * g.L;
+  long long blk = g.G < n ? g.G : n;
+  long long cpb = (blk + chunk - 1) / chunk;
+  long long b = tile / (cpb * g.L), c = (tile / g.L) % cpb, rho = tile % g.L;
+  long long p0 = b * blk + c * chunk + rho;
+  long long end = (b + 1) * blk < n ? (b + 1) * blk : n;
+  if (p0 >= end) return false;
+  long long nr = (end - p0 + g.L - 1) / g.L;
+  out->p0 = (int)p0;
+  out->L = g.L;
+  out->nrows = (int)(nr < rows ? nr : rows);
+  return true;
+}
+
+// ------------------------------------------------------------------- units ----
+
+// One (head, pattern, segment) that selects some of the CTA's rows, and the
+// range of the other side's dilated rows the CTA streams for it.
+struct Unit {
+  int j;          // query head
+  int a, r, o;    // segment start (sequence-relative), dilation, offset
+  int di_first;   // own dilated index of the first selected row
+  int di_last;    // ... of the last selected row
+  int t_lo, t_hi; // own rows inside the segment
+  int uniform;    // every row in [t_lo, t_hi) is selected (r divides L)
+  int all_rows;   // the selected rows are exactly all rows [0, nrows)
+  int lo, hi;     // the other side's dilated rows [lo, hi)
+  int ntiles;
+};
+
+struct UnitCursor {
+  int jj, i, m;
+};
+
+DA_HD inline int ceil_div_pos(long long x, long long y) {  // y > 0, any x
+  return (int)(x >= 0 ? (x + y - 1) / y : -((-x) / y));
+}
+
+// Advances cur to the next unit with work; false when none is left. kv_side: the
+// own rows are keys (dK/dV) rather than queries.
+DA_HD inline bool next_unit(const KernelArgs& a, int n, const OwnRows& own, int head_first,
+                            int head_count, int kv_side, int tile_rows, UnitCursor* cur,
+                            Unit* u) {
+  const int p_last = own.p0 + own.L * (own.nrows - 1);
+  for (; cur->jj < head_count; cur->jj++, cur->i = 0, cur->m = -1) {
+    int j = head_first + cur->jj;
+    for (; cur->i < a.num_patterns; cur->i++, cur->m = -1) {
+      int i = cur->i;
+      if (!da_attn_head_uses_pattern((da_attention_mode)a.mode, i, j, a.h, a.num_patterns)) continue;
+      int w = a.w[i], r = a.r[i];
+      int o = da_attn_head_offset((da_offset_policy)a.offset, j, a.h, a.num_patterns, r);
+      int m_lo = own.p0 / w, m_hi = p_last / w;
+      if (cur->m < m_lo) cur->m = m_lo;
+      while (cur->m <= m_hi) {
+        int m = cur->m++;
+        int seg = m * w;
+        int len = n - seg < w ? n - seg : w;
+        if (o >= len) continue;
+        int t_lo = ceil_div_pos((long long)seg - own.p0, own.L);
+        int t_hi = ceil_div_pos((long long)seg + len - own.p0, own.L);
+        if (t_lo < 0) t_lo = 0;
+        if (t_hi > own.nrows) t_hi = own.nrows;
+        if (t_lo >= t_hi) continue;
+        int uniform = own.L % r == 0;
+        int tf = -1, tl = -1;
+        if (uniform) {
+          // Every row has the same residue mod r; the selected ones are those at
+          // or past the offset.
+          int x = own.p0 + own.L * t_lo - seg - o;
+          if (((x % r) + r) % r == 0) {
+            int t_o = ceil_div_pos((long long)seg + o - own.p0, own.L);
+            tf = t_o > t_lo ? t_o : t_lo;
+            if (tf < t_hi) tl = t_hi - 1; else tf = -1;
+          }
+        } else {
+          for (int t = t_lo; t < t_hi; ++t) {
+            int x = own.p0 + own.L * t - seg - o;
+            if (x >= 0 && x % r == 0) { tf = t; break; }
+          }
+          for (int t = t_hi - 1; t >= t_lo && tf >= 0; --t) {
+            int x = own.p0 + own.L * t - seg - o;
+            if (x >= 0 && x % r == 0) { tl = t; break; }
+          }
+        }
+        if (tf < 0) continue;
+        int count = (int)da_attn_selected(len, r, o);
+        int di_first = (own.p0 + own.L * tf - seg - o) / r;
+        int di_last = (own.p0 + own.L * tl - seg - o) / r;
+        int lo, hi;
+        if (!kv_side) {
+          lo = 0;
+          hi = a.causal ? (di_last + 1 < count ? di_last + 1 : count) : count;
+        } else {
+          lo = a.causal ? di_first : 0;
+          hi = count;
+        }
+        if (lo >= hi) continue;
+        u->j = j;
+        u->a = seg;
+        u->r = r;
+        u->o = o;
+        u->di_first = di_first;
+        u->di_last = di_last;
+        u->t_lo = t_lo;
+        u->t_hi = t_hi;
+        u->uniform = uniform && tf == t_lo;
+        u->all_rows = u->uniform && t_lo == 0 && t_hi == own.nrows;
+        u->lo = lo;
+        u->hi = hi;
+        u->ntiles = (hi - lo + tile_rows - 1) / tile_rows;
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+// Own dilated index of row t in unit u, or -1 when the unit does not select it.
+__device__ __forceinline__ int unit_row_index(const Unit& u, const OwnRows& own, int t) {
+  if (t < u.t_lo || t >= u.t_hi) return -1;
+  int x = own.p0 + own.L * t - u.a - u.o;
+  if (x < 0 || x % u.r != 0) return -1;
+  return x / u.r;
+}
+
+__device__ __forceinline__ void sequence_of(const KernelArgs& a, int s, long long* start, int* n) {
+  if (a.varlen == 0) {
+    *start = (long long)s * a.seqlen;
+    *n = a.seqlen;
+  } else {
+    const int64_t* cu = a.varlen == 1 ? a.cu_inline : a.cu_device;
+    *start = cu[s];
+    *n = (int)(cu[s + 1] - cu[s]);
+  }
+}
+
+// ------------------------------------------------------------ mma helpers ----
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float x, float y);
+template <>
+__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float x, float y) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(x, y);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<__half>(float x, float y) {
+  __half2 v = __floats2half2_rn(x, y);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t* a, const uint32_t* b);
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&c)[4], const uint32_t* a,
+                                                        const uint32_t* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+template <>
+__device__ __forceinline__ void mma16816<__half>(float (&c)[4], const uint32_t* a,
+                                                 const uint32_t* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)),
+               "l"(gmem), "r"(valid ? 16 : 0));
+}
+
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(smem)),
+               "l"(gmem), "r"(valid ? 4 : 0));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n"); }
+
+// ROWS rows of D elements into a padded shared tile; rows >= valid are zeros.
+// Row t of the source starts at base + t * stride (elements).
+template <typename T, int D, int ROWS, int NT>
+__device__ __forceinline__ void load_rows(T* tile, const T* base, long long stride, int valid,
+                                          int tid) {
+  constexpr int kChunks = D / 8, S = D + 8;
+#pragma unroll
+  for (int c = tid; c < ROWS * kChunks; c += NT) {
+    int row = c / kChunks, ch = c % kChunks;
+    bool ok = row < valid;
+    const T* src = ok ? base + row * stride + ch * 8 : base;
+    cp_async16(tile + row * S + ch * 8, src, ok);
+  }
+}
+
+// acc[16 x N] += A[16 x D] * B[N x D]^T, A and B row-major padded shared tiles.
+template <typename T, int D, int N>
+__device__ __forceinline__ void mma_abt(float (&acc)[N / 8][4], const T* sA, const T* sB,
+                                        int lane) {
+  constexpr int S = D + 8;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t af[4];
+    ldmatrix_x4(af, sA + (lane % 16) * S + kk * 16 + (lane / 16) * 8);
+#pragma unroll
+    for (int np = 0; np < N / 16; ++np) {
+      uint32_t bf[4];
+      ldmatrix_x4(bf, sB + (np * 16 + (lane % 8) + (lane / 16) * 8) * S + kk * 16 +
+                          ((lane / 8) % 2) * 8);
+      mma16816<T>(acc[2 * np], af, bf);
+      mma16816<T>(acc[2 * np + 1], af, bf + 2);
+    }
+  }
+}
+
+// acc[16 x D] += P[16 x N] * B[N x D]; P in registers (C layout of a previous
+// product), B a row-major padded shared tile.
+template <typename T, int D, int N>
+__device__ __forceinline__ void mma_pb(float (&acc)[D / 8][4], const float (&p)[N / 8][4],
+                                       const T* sB, int lane) {
+  constexpr int S = D + 8;
+#pragma unroll
+  for (int kk = 0; kk < N / 16; ++kk) {
+    uint32_t af[4] = {pack2<T>(p[2 * kk][0], p[2 * kk][1]), pack2<T>(p[2 * kk][2], p[2 * kk][3]),
+                      pack2<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]),
+                      pack2<T>(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+#pragma unroll
+    for (int dp = 0; dp < D / 16; ++dp) {
+      uint32_t bf[4];
+      ldmatrix_x4_trans(bf, sB + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * S + dp * 16 +
+                                (lane / 16) * 8);
+      mma16816<T>(acc[2 * dp], af, bf);
+      mma16816<T>(acc[2 * dp + 1], af, bf + 2);
+    }
+  }
+}
+
+template <int N>
+__device__ __forceinline__ void zero(float (&x)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) x[i][0] = x[i][1] = x[i][2] = x[i][3] = 0.f;
+}
+
+// Writes a warp's 16 x D accumulator (times mul) as T rows through the warp's
+// own 16 rows of the shared tile `stage`: row t (0..15) goes to dst + t * stride
+// when t < valid.
+template <typename T, int D>
+__device__ __forceinline__ void store_rows(const float (&acc)[D / 8][4], float mul0, float mul1,
+                                           T* stage, T* dst, long long stride, int valid,
+                                           int lane) {
+  constexpr int S = D + 8;
+  int r0 = lane / 4, c0 = (lane % 4) * 2;
+  __syncwarp();
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt) {
+    *reinterpret_cast<uint32_t*>(stage + r0 * S + nt * 8 + c0) =
+        pack2<T>(acc[nt][0] * mul0, acc[nt][1] * mul0);
+    *reinterpret_cast<uint32_t*>(stage + (r0 + 8) * S + nt * 8 + c0) =
+        pack2<T>(acc[nt][2] * mul1, acc[nt][3] * mul1);
+  }
+  __syncwarp();
+  constexpr int kChunks = D / 8;
+  for (int c = lane; c < 16 * kChunks; c += 32) {
+    int row = c / kChunks, ch = c % kChunks;
+    if (row < valid)
+      *reinterpret_cast<uint4*>(dst + row * stride + ch * 8) =
+          *reinterpret_cast<const uint4*>(stage + row * S + ch * 8);
+  }
+}
+
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+constexpr float kLn2 = 0.693147180559945309f;
+constexpr float kLog2e = 1.442695040888963407f;
+
+// -------------------------------------------------------------- forward -----
+
+template <typename T, int D>
+constexpr int forward_smem_bytes() {
+  return (kFwdRows + 4 * kOtherRows) * (D + 8) * (int)sizeof(T);
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kFwdRows * 2)
+    forward_kernel(const __grid_constant__ KernelArgs a, int tiles_per_seq) {
+  constexpr int BM = kFwdRows, BN = kOtherRows, S = D + 8, NT = BM * 2;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sK = sQ + BM * S;  // 2 buffers of BN rows
+  T* sV = sK + 2 * BN * S;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int seq = blockIdx.x / tiles_per_seq, tile = blockIdx.x % tiles_per_seq;
+  const int j = blockIdx.y;
+  long long start;
+  int n;
+  sequence_of(a, seq, &start, &n);
+  RowGeometry geo = row_geometry(a, j, 1, BM);
+  OwnRows own;
+  if (!own_rows(geo, BM, n, tile, &own)) return;
+  const int gkv = j / (a.h / a.h_kv);
+  const T* q = static_cast<const T*>(a.q);
+  const T* k = static_cast<const T*>(a.k);
+  const T* v = static_cast<const T*>(a.v);
+  const long long q_stride = (long long)own.L * a.h * D;
+
+  load_rows<T, D, BM, NT>(sQ, q + ((start + own.p0) * a.h + j) * D, q_stride, own.nrows, tid);
+
+  UnitCursor cursor = {0, 0, -1};
+  Unit cu;
+  bool have = next_unit(a, n, own, j, 1, 0, BN, &cursor, &cu);
+  auto issue = [&](const Unit& u, int t, int buf) {
+    int k0 = u.lo + t * BN;
+    int valid = u.hi - k0 < BN ? u.hi - k0 : BN;
+    long long token = start + u.a + u.o + (long long)u.r * k0;
+    long long stride = (long long)u.r * a.h_kv * D;
+    load_rows<T, D, BN, NT>(sK + buf * BN * S, k + (token * a.h_kv + gkv) * D, stride, valid, tid);
+    load_rows<T, D, BN, NT>(sV + buf * BN * S, v + (token * a.h_kv + gkv) * D, stride, valid, tid);
+  };
+  if (have) issue(cu, 0, 0);
+  cp_async_commit();
+
+  const int row0 = warp * 16 + lane / 4, row1 = row0 + 8;
+  float acc[D / 8][4];
+  zero(acc);
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+  int di0 = -1, di1 = -1;
+  int t_in = 0, buf = 0;
+  bool fresh = true;
+  while (have) {
+    if (fresh) {
+      di0 = unit_row_index(cu, own, row0);
+      di1 = unit_row_index(cu, own, row1);
+    }
+    Unit nu = cu;
+    int nt_in = t_in + 1;
+    bool nhave = true;
+    if (nt_in >= cu.ntiles) {
+      nt_in = 0;
+      nhave = next_unit(a, n, own, j, 1, 0, BN, &cursor, &nu);
+    }
+    cp_async_wait_all();
+    __syncthreads();
+    if (nhave) issue(nu, nt_in, buf ^ 1);
+    cp_async_commit();
+
+    float s[BN / 8][4];
+    zero(s);
+    mma_abt<T, D, BN>(s, sQ + warp * 16 * S, sK + buf * BN * S, lane);
+    const int k0 = cu.lo + t_in * BN;
+    const bool masked = !cu.all_rows || k0 + BN > cu.hi || (a.causal && k0 + BN - 1 > cu.di_first);
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float x = s[nt][e] * a.scale_log2;
+        if (masked) {
+          int kk = k0 + nt * 8 + (lane % 4) * 2 + (e & 1);
+          int di = e < 2 ? di0 : di1;
+          bool ok = di >= 0 && kk < cu.hi && (!a.causal || kk <= di);
+          x = ok ? x : -INFINITY;
+        }
+        s[nt][e] = x;
+      }
+    }
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * rr], s[nt][2 * rr + 1]));
+      mx = quad_max(mx);
+      float m_new = fmaxf(m_run[rr], mx);
+      float base = m_new == -INFINITY ? 0.f : m_new;
+      float alpha = exp2f(m_run[rr] - base);
+      m_run[rr] = m_new;
+      float sum = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+        s[nt][2 * rr] = exp2f(s[nt][2 * rr] - base);
+        s[nt][2 * rr + 1] = exp2f(s[nt][2 * rr + 1] - base);
+        sum += s[nt][2 * rr] + s[nt][2 * rr + 1];
+      }
+      l_run[rr] = l_run[rr] * alpha + sum;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        acc[dt][2 * rr] *= alpha;
+        acc[dt][2 * rr + 1] *= alpha;
+      }
+    }
+    mma_pb<T, D, BN>(acc, s, sV + buf * BN * S, lane);
+
+    fresh = nt_in == 0;
+    cu = nu;
+    t_in = nt_in;
+    buf ^= 1;
+    have = nhave;
+  }
+  cp_async_wait_all();
+  __syncthreads();  // every warp is done with sQ/sK/sV (the staging reuses sQ)
+
+  float inv[2], lse[2];
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    float l = quad_sum(l_run[rr]);
+    inv[rr] = l > 0.f ? 1.f / l : 0.f;
+    lse[rr] = l > 0.f ? (m_run[rr] + log2f(l)) * kLn2 : -INFINITY;
+  }
+  T* o = static_cast<T*>(a.out);
+  int valid = own.nrows - warp * 16;
+  store_rows<T, D>(acc, inv[0], inv[1], sQ + warp * 16 * S,
+                   o + ((start + own.p0 + (long long)own.L * warp * 16) * a.h + j) * D, q_stride,
+                   valid, lane);
+  if (a.lse != nullptr && lane % 4 == 0) {
+    if (row0 < own.nrows) a.lse[(start + own.p0 + (long long)own.L * row0) * a.h + j] = lse[0];
+    if (row1 < own.nrows) a.lse[(start + own.p0 + (long long)own.L * row1) * a.h + j] = lse[1];
+  }
+}
+
+// ------------------------------------------------------------- backward -----
+
+// delta[token, j] = dout . out (fp32), the row term of dS.
+template <typename T, int D>
+__global__ void delta_kernel(const T* __restrict__ out, const T* __restrict__ dout,
+                             float* __restrict__ delta, long long rows) {
+  for (long long r = blockIdx.x * (long long)blockDim.x + threadIdx.x; r < rows;
+       r += (long long)gridDim.x * blockDim.x) {
+    const uint4* po = reinterpret_cast<const uint4*>(out + r * D);
+    const uint4* pd = reinterpret_cast<const uint4*>(dout + r * D);
+    float sum = 0.f;
+#pragma unroll
+    for (int c = 0; c < D / 8; ++c) {
+      uint4 xo = po[c], xd = pd[c];
+      const T* eo = reinterpret_cast<const T*>(&xo);
+      const T* ed = reinterpret_cast<const T*>(&xd);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) sum += (float)eo[e] * (float)ed[e];
+    }
+    delta[r] = sum;
+  }
+}
+
+template <typename T, int D>
+constexpr int backward_smem_bytes() {
+  return (2 * kBwdRows + 4 * kOtherRows) * (D + 8) * (int)sizeof(T) + 4 * kOtherRows * 4;
+}
+
+// dQ: the CTA owns query rows of head j, streams dilated K/V tiles.
+template <typename T, int D>
+__global__ void __launch_bounds__(kBwdRows * 2)
+    dq_kernel(const __grid_constant__ KernelArgs a, int tiles_per_seq) {
+  constexpr int BM = kBwdRows, BN = kOtherRows, S = D + 8, NT = BM * 2;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sO = sQ + BM * S;  // dout rows
+  T* sK = sO + BM * S;
+  T* sV = sK + 2 * BN * S;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int seq = blockIdx.x / tiles_per_seq, tile = blockIdx.x % tiles_per_seq;
+  const int j = blockIdx.y;
+  long long start;
+  int n;
+  sequence_of(a, seq, &start, &n);
+  RowGeometry geo = row_geometry(a, j, 1, BM);
+  OwnRows own;
+  if (!own_rows(geo, BM, n, tile, &own)) return;
+  const int gkv = j / (a.h / a.h_kv);
+  const T* k = static_cast<const T*>(a.k);
+  const T* v = static_cast<const T*>(a.v);
+  const long long q_stride = (long long)own.L * a.h * D;
+  const long long q_first = ((start + own.p0) * a.h + j) * D;
+  load_rows<T, D, BM, NT>(sQ, static_cast<const T*>(a.q) + q_first, q_stride, own.nrows, tid);
+  load_rows<T, D, BM, NT>(sO, static_cast<const T*>(a.dout) + q_first, q_stride, own.nrows, tid);
+
+  UnitCursor cursor = {0, 0, -1};
+  Unit cu;
+  bool have = next_unit(a, n, own, j, 1, 0, BN, &cursor, &cu);
+  auto issue = [&](const Unit& u, int t, int buf) {
+    int k0 = u.lo + t * BN;
+    int valid = u.hi - k0 < BN ? u.hi - k0 : BN;
+    long long token = start + u.a + u.o + (long long)u.r * k0;
+    long long stride = (long long)u.r * a.h_kv * D;
+    load_rows<T, D, BN, NT>(sK + buf * BN * S, k + (token * a.h_kv + gkv) * D, stride, valid, tid);
+    load_rows<T, D, BN, NT>(sV + buf * BN * S, v + (token * a.h_kv + gkv) * D, stride, valid, tid);
+  };
+  if (have) issue(cu, 0, 0);
+  cp_async_commit();
+
+  const int row0 = warp * 16 + lane / 4, row1 = row0 + 8;
+  float lse2[2], dlt[2];
+  {
+    const int rows[2] = {row0, row1};
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      long long idx = (start + own.p0 + (long long)own.L * rows[rr]) * a.h + j;
+      bool ok = rows[rr] < own.nrows;
+      float l = ok ? a.lse_in[idx] : INFINITY;
+      lse2[rr] = l == -INFINITY ? INFINITY : l * kLog2e;  // uncovered rows: P = 0
+      dlt[rr] = ok ? a.delta[idx] : 0.f;
+    }
+  }
+  float acc[D / 8][4];
+  zero(acc);
+  int di0 = -1, di1 = -1;
+  int t_in = 0, buf = 0;
+  bool fresh = true;
+  while (have) {
+    if (fresh) {
+      di0 = unit_row_index(cu, own, row0);
+      di1 = unit_row_index(cu, own, row1);
+    }
+    Unit nu = cu;
+    int nt_in = t_in + 1;
+    bool nhave = true;
+    if (nt_in >= cu.ntiles) {
+      nt_in = 0;
+      nhave = next_unit(a, n, own, j, 1, 0, BN, &cursor, &nu);
+    }
+    cp_async_wait_all();
+    __syncthreads();
+    if (nhave) issue(nu, nt_in, buf ^ 1);
+    cp_async_commit();
+
+    float s[BN / 8][4], dp[BN / 8][4];
+    zero(s);
+    zero(dp);
+    mma_abt<T, D, BN>(s, sQ + warp * 16 * S, sK + buf * BN * S, lane);
+    mma_abt<T, D, BN>(dp, sO + warp * 16 * S, sV + buf * BN * S, lane);
+    const int k0 = cu.lo + t_in * BN;
+    const bool masked = !cu.all_rows || k0 + BN > cu.hi || (a.causal && k0 + BN - 1 > cu.di_first);
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        int rr = e >> 1;
+        float p = exp2f(s[nt][e] * a.scale_log2 - lse2[rr]);
+        if (masked) {
+          int kk = k0 + nt * 8 + (lane % 4) * 2 + (e & 1);
+          int di = rr ? di1 : di0;
+          bool ok = di >= 0 && kk < cu.hi && (!a.causal || kk <= di);
+          p = ok ? p : 0.f;
+        }
+        s[nt][e] = p * (dp[nt][e] - dlt[rr]);  // dS
+      }
+    }
+    mma_pb<T, D, BN>(acc, s, sK + buf * BN * S, lane);
+
+    fresh = nt_in == 0;
+    cu = nu;
+    t_in = nt_in;
+    buf ^= 1;
+    have = nhave;
+  }
+  cp_async_wait_all();
+  __syncthreads();
+  T* dq = static_cast<T*>(a.dq);
+  store_rows<T, D>(acc, a.scale, a.scale, sQ + warp * 16 * S,
+                   dq + q_first + (long long)warp * 16 * q_stride, q_stride, own.nrows - warp * 16,
+                   lane);
+}
+
+// dK, dV: the CTA owns key rows of kv head g, streams the dilated query tiles
+// (q, dout, lse, delta) of every query head sharing g.
+template <typename T, int D>
+__global__ void __launch_bounds__(kBwdRows * 2)
+    dkdv_kernel(const __grid_constant__ KernelArgs a, int tiles_per_seq) {
+  constexpr int BM = kBwdRows, BN = kOtherRows, S = D + 8, NT = BM * 2;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sK = reinterpret_cast<T*>(smem_raw);
+  T* sV = sK + BM * S;
+  T* sQ = sV + BM * S;  // 2 buffers of BN rows
+  T* sO = sQ + 2 * BN * S;
+  float* sL = reinterpret_cast<float*>(sO + 2 * BN * S);  // 2 x BN lse (log2 units)
+  float* sD = sL + 2 * BN;                                // 2 x BN delta
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int seq = blockIdx.x / tiles_per_seq, tile = blockIdx.x % tiles_per_seq;
+  const int g = blockIdx.y;
+  const int group = a.h / a.h_kv;
+  long long start;
+  int n;
+  sequence_of(a, seq, &start, &n);
+  RowGeometry geo = row_geometry(a, g * group, group, BM);
+  OwnRows own;
+  if (!own_rows(geo, BM, n, tile, &own)) return;
+  const T* q = static_cast<const T*>(a.q);
+  const T* dout = static_cast<const T*>(a.dout);
+  const long long k_stride = (long long)own.L * a.h_kv * D;
+  const long long k_first = ((start + own.p0) * a.h_kv + g) * D;
+  load_rows<T, D, BM, NT>(sK, static_cast<const T*>(a.k) + k_first, k_stride, own.nrows, tid);
+  load_rows<T, D, BM, NT>(sV, static_cast<const T*>(a.v) + k_first, k_stride, own.nrows, tid);
+
+  UnitCursor cursor = {0, 0, -1};
+  Unit cu;
+  bool have = next_unit(a, n, own, g * group, group, 1, BN, &cursor, &cu);
+  auto issue = [&](const Unit& u, int t, int buf) {
+    int q0 = u.lo + t * BN;
+    int valid = u.hi - q0 < BN ? u.hi - q0 : BN;
+    long long token = start + u.a + u.o + (long long)u.r * q0;
+    long long stride = (long long)u.r * a.h * D;
+    long long first = (token * a.h + u.j) * D;
+    load_rows<T, D, BN, NT>(sQ + buf * BN * S, q + first, stride, valid, tid);
+    load_rows<T, D, BN, NT>(sO + buf * BN * S, dout + first, stride, valid, tid);
+    for (int c = tid; c < 2 * BN; c += NT) {
+      int row = c % BN;
+      bool ok = row < valid;
+      long long idx = (token + (long long)u.r * row) * a.h + u.j;
+      const float* src = c < BN ? a.lse_in : a.delta;
+      cp_async4((c < BN ? sL : sD) + buf * BN + row, ok ? src + idx : src, ok);
+    }
+  };
+  if (have) issue(cu, 0, 0);
+  cp_async_commit();
+
+  const int row0 = warp * 16 + lane / 4, row1 = row0 + 8;
+  float dk[D / 8][4], dv[D / 8][4];
+  zero(dk);
+  zero(dv);
+  int di0 = -1, di1 = -1;
+  int t_in = 0, buf = 0;
+  bool fresh = true;
+  while (have) {
+    if (fresh) {
+      di0 = unit_row_index(cu, own, row0);
+      di1 = unit_row_index(cu, own, row1);
+    }
+    Unit nu = cu;
+    int nt_in = t_in + 1;
+    bool nhave = true;
+    if (nt_in >= cu.ntiles) {
+      nt_in = 0;
+      nhave = next_unit(a, n, own, g * group, group, 1, BN, &cursor, &nu);
+    }
+    cp_async_wait_all();
+    __syncthreads();
+    if (nhave) issue(nu, nt_in, buf ^ 1);
+    cp_async_commit();
+
+    float s[BN / 8][4], dp[BN / 8][4];
+    zero(s);
+    zero(dp);
+    mma_abt<T, D, BN>(s, sK + warp * 16 * S, sQ + buf * BN * S, lane);
+    mma_abt<T, D, BN>(dp, sV + warp * 16 * S, sO + buf * BN * S, lane);
+    const int q0 = cu.lo + t_in * BN;
+    const bool masked = !cu.all_rows || q0 + BN > cu.hi || (a.causal && q0 < cu.di_last);
+    const float* lrow = sL + buf * BN;
+    const float* drow = sD + buf * BN;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        int col = nt * 8 + (lane % 4) * 2 + (e & 1);
+        float l = lrow[col];
+        float p = exp2f(s[nt][e] * a.scale_log2 - l * kLog2e);
+        if (masked) {
+          int qq = q0 + col;
+          int di = e < 2 ? di0 : di1;
+          bool ok = di >= 0 && qq < cu.hi && (!a.causal || qq >= di);
+          p = ok ? p : 0.f;
+        }
+        dp[nt][e] = p * (dp[nt][e] - drow[col]);  // dS^T
+        s[nt][e] = p;                             // P^T
+      }
+    }
+    mma_pb<T, D, BN>(dv, s, sO + buf * BN * S, lane);
+    mma_pb<T, D, BN>(dk, dp, sQ + buf * BN * S, lane);
+
+    fresh = nt_in == 0;
+    cu = nu;
+    t_in = nt_in;
+    buf ^= 1;
+    have = nhave;
+  }
+  cp_async_wait_all();
+  __syncthreads();
+  T* dkp = static_cast<T*>(a.dk);
+  T* dvp = static_cast<T*>(a.dv);
+  int valid = own.nrows - warp * 16;
+  long long off = k_first + (long long)warp * 16 * k_stride;
+  store_rows<T, D>(dk, a.scale, a.scale, sK + warp * 16 * S, dkp + off, k_stride, valid, lane);
+  store_rows<T, D>(dv, 1.f, 1.f, sV + warp * 16 * S, dvp + off, k_stride, valid, lane);
+}
+
+// --------------------------------------------------------------- launches ----
+
+inline int max_tiles(const KernelArgs& a, int rows, bool kv_side) {
+  int best = 0;
+  int sets = kv_side ? a.h_kv : a.h, group = kv_side ? a.h / a.h_kv : 1;
+  for (int s = 0; s < sets; ++s) {
+    int t = tiles_for(row_geometry(a, s * group, group, rows), rows, a.n_max);
+    best = t > best ? t : best;
+  }
+  return best;
+}
+
+template <typename T, int D>
+cudaError_t launch_forward(const KernelArgs& a, cudaStream_t stream) {
+  constexpr int smem = forward_smem_bytes<T, D>();
+  // Per device and cheap (no synchronisation): set on every launch.
+  cudaError_t attr = cudaFuncSetAttribute(forward_kernel<T, D>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (attr != cudaSuccess) return attr;
+  int tiles = max_tiles(a, kFwdRows, false);
+  if (tiles == 0) return cudaSuccess;
+  dim3 grid((unsigned)((long long)tiles * a.batch), (unsigned)a.h);
+  forward_kernel<T, D><<<grid, kFwdRows * 2, smem, stream>>>(a, tiles);
+  return cudaGetLastError();
+}
+
+template <typename T, int D>
+cudaError_t launch_backward(const KernelArgs& a, cudaStream_t stream) {
+  constexpr int smem = backward_smem_bytes<T, D>();
+  cudaError_t attr1 = cudaFuncSetAttribute(dq_kernel<T, D>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (attr1 != cudaSuccess) return attr1;
+  cudaError_t attr2 = cudaFuncSetAttribute(dkdv_kernel<T, D>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (attr2 != cudaSuccess) return attr2;
+  int tq = max_tiles(a, kBwdRows, false), tk = max_tiles(a, kBwdRows, true);
+  if (tk > 0)
+    dkdv_kernel<T, D><<<dim3((unsigned)((long long)tk * a.batch), (unsigned)a.h_kv),
+                        kBwdRows * 2, smem, stream>>>(a, tk);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  if (tq > 0)
+    dq_kernel<T, D><<<dim3((unsigned)((long long)tq * a.batch), (unsigned)a.h), kBwdRows * 2,
+                      smem, stream>>>(a, tq);
+  return cudaGetLastError();
+}
+
+template <typename T, int D>
+cudaError_t launch_delta(const KernelArgs& a, cudaStream_t stream) {
+  long long rows = a.tokens * a.h;
+  if (rows == 0) return cudaSuccess;
+  long long blocks = (rows + 255) / 256;
+  if (blocks > 65535LL * 8) blocks = 65535LL * 8;
+  delta_kernel<T, D><<<(unsigned)blocks, 256, 0, stream>>>(
+      static_cast<const T*>(a.out), static_cast<const T*>(a.dout), const_cast<float*>(a.delta),
+      rows);
+  return cudaGetLastError();
+}
+
+// Dispatch on the head dimension (the host side has checked it is supported).
+template <typename T>
+cudaError_t dispatch_forward(const KernelArgs& a, cudaStream_t stream) {
+  switch (a.d) {
+    case 32: return launch_forward<T, 32>(a, stream);
+    case 64: return launch_forward<T, 64>(a, stream);
+    case 96: return launch_forward<T, 96>(a, stream);
+    case 128: return launch_forward<T, 128>(a, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+template <typename T>
+cudaError_t dispatch_backward(const KernelArgs& a, cudaStream_t stream) {
+  cudaError_t e;
+  switch (a.d) {
+    case 32: e = launch_delta<T, 32>(a, stream); break;
+    case 64: e = launch_delta<T, 64>(a, stream); break;
+    case 96: e = launch_delta<T, 96>(a, stream); break;
+    case 128: e = launch_delta<T, 128>(a, stream); break;
+    default: return cudaErrorInvalidValue;
+  }
+  if (e != cudaSuccess) return e;
+  switch (a.d) {
+    case 32: return launch_backward<T, 32>(a, stream);
+    case 64: return launch_backward<T, 64>(a, stream);
+    case 96: return launch_backward<T, 96>(a, stream);
+    default: return launch_backward<T, 128>(a, stream);
+  }
+}
+
+}  // namespace da_cuda
+
+#endif  // DA_ATTENTION_CUDA_KERNELS_CUH

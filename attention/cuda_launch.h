@@ -1,1 +1,76 @@
-#pragma once
+// cuda_launch.h: what the host side (cuda_attention.cu) hands the kernel
+// translation units (cuda_{fwd,bwd}_{bf16,f16}.cu). Internal to attention/.
+#ifndef DA_ATTENTION_CUDA_LAUNCH_H
+#define DA_ATTENTION_CUDA_LAUNCH_H
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "attention/dilated_attention.h"
+
+namespace da_cuda {
+
+// Everything a kernel needs, passed by value (a few hundred bytes plus the
+// inline cu_seqlens). Positions inside a sequence are int (validated < 2^31);
+// element offsets are int64.
+struct KernelArgs {
+  // Tensors: q/out/dout/dq [tokens, h, d]; k/v/dk/dv [tokens, h_kv, d] (16-bit);
+  // lse/delta [tokens, h] (fp32).
+  const void* q;
+  const void* k;
+  const void* v;
+  void* out;
+  float* lse;
+  const void* dout;
+  const float* lse_in;
+  const float* delta;
+  void* dq;
+  void* dk;
+  void* dv;
+
+  int h, h_kv, d;
+  float scale;       // softmax scale
+  float scale_log2;  // scale * log2(e)
+  int causal;
+  int mode;    // da_attention_mode
+  int offset;  // resolved da_offset_policy
+  int num_patterns;
+  int w[DA_MAX_PATTERNS];
+  int r[DA_MAX_PATTERNS];
+
+  // Sequences: uniform (cu == nullptr and !inline_cu): sequence s = tokens
+  // [s * seqlen, (s + 1) * seqlen). Else offsets in cu_inline (batch <=
+  // DA_CUDA_MAX_INLINE_SEQS) or in device memory cu_device.
+  int batch;
+  int seqlen;
+  int varlen;  // 0: uniform; 1: cu_inline; 2: cu_device
+  const int64_t* cu_device;
+  int n_max;          // longest sequence (sizes the grid)
+  long long tokens;   // all sequences together
+  int64_t cu_inline[DA_CUDA_MAX_INLINE_SEQS + 1];
+};
+
+// Rows a CTA owns and how many of them per CTA, per pass (see cuda_kernels.cuh).
+constexpr int kFwdRows = 128;   // forward: 8 warps x 16 query rows
+constexpr int kBwdRows = 64;    // dQ and dK/dV: 4 warps x 16 rows
+constexpr int kOtherRows = 64;  // keys (forward, dQ) or queries (dK/dV) per tile
+
+// Geometry of the rows a CTA owns for a set of heads: positions p0 + L * t of one
+// sequence (t < rows), with chunks of rows * L positions laid out inside blocks of
+// G positions (G = gcd of the segment lengths when that is >= the chunk, so no
+// chunk crosses a segment boundary), L = lcm of the dilations (so every row of
+// the CTA has the same residue mod each r). Shared by host (grid size) and device.
+struct RowGeometry {
+  int L;
+  int G;  // block length; >= any sequence when no alignment is used
+};
+
+// Launchers, one per (pass, dtype); D is dispatched inside. They only enqueue.
+cudaError_t launch_forward_bf16(const KernelArgs& a, cudaStream_t stream);
+cudaError_t launch_forward_f16(const KernelArgs& a, cudaStream_t stream);
+cudaError_t launch_backward_bf16(const KernelArgs& a, cudaStream_t stream);
+cudaError_t launch_backward_f16(const KernelArgs& a, cudaStream_t stream);
+
+}  // namespace da_cuda
+
+#endif  // DA_ATTENTION_CUDA_LAUNCH_H

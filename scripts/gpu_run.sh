@@ -2,7 +2,9 @@
 # Runs on the GPU machine over the bundle from scripts/gpu_bundle.sh: every test
 # binary (unless DA_GPU_TESTS=0), compute-sanitizer (memcheck + racecheck) on the
 # tests named in DA_GPU_SANITIZE ("test" or "test:gtest-filter"), and the benchmarks
-# named in DA_GPU_BENCH ("tool:arg,arg ...").
+# named in DA_GPU_BENCH ("tool:arg,arg ..."), and the Python scripts named in
+# DA_GPU_PY ("path/script.py:arg,arg ...", with DA_LIBRARY set to the bundle's
+# libdilated_attention.so and python/ on PYTHONPATH).
 # Logs: $OUT/logs.tgz (the device tool returns few files) and $OUT/summary.txt;
 # a short table is printed last. Usage: scripts/gpu_run.sh [bundle-dir]
 set -uo pipefail
@@ -46,6 +48,15 @@ for cmd in ${DA_GPU_BENCH:-}; do
   IFS=: read -r name args <<<"$cmd"
   timeout 600 "$bundle/tools/$name" ${args//,/ } >"$logs/bench_$name.log" 2>&1
   row "bench $name ${args//,/ }" "rc=$?"
+done
+
+export DA_LIBRARY="$PWD/$bundle/libdilated_attention.so" PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
+for cmd in ${DA_GPU_PY:-}; do
+  IFS=: read -r script args <<<"$cmd"
+  name=$(basename "$script" .py)
+  timeout "${DA_GPU_PY_TIMEOUT:-600}" python3 "$script" ${args//,/ } >"$logs/py_$name.log" 2>&1
+  row "python $name ${args//,/ }" "rc=$? $(tail -1 "$logs/py_$name.log" | cut -c1-60)"
+  cp "$logs/py_$name.log" "$out/" 2>/dev/null
 done
 
 cp "$summary" "$out/summary.txt"
