@@ -16,6 +16,10 @@
 #define DA_HD
 #endif
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
   int num_patterns;
   int w[DA_MAX_PATTERNS];
@@ -98,5 +102,9 @@ DA_HD static inline int64_t da_attn_selected(int64_t seg_len, int r, int o) {
 /* DA_STATUS_INVALID_ARGUMENT naming a and b when the byte ranges overlap. */
 da_status da_attn_check_disjoint(const void* a, size_t a_bytes, const char* a_name,
                                  const void* b, size_t b_bytes, const char* b_name);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* DA_ATTENTION_PARAMS_H */

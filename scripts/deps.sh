@@ -14,6 +14,7 @@ DA_APT_PACKAGES=(
   openmpi-bin              # mpirun for the multi-process tests
   clang-14                 # libFuzzer targets (tests/mempool:fuzz_test)
   libclang-rt-14-dev       # libFuzzer + sanitizer runtimes for clang-14
+  python3-numpy            # python/: the ctypes binding's tests (/usr/bin/python3)
 )
 
 da_missing_packages() {
