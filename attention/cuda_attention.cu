@@ -5,6 +5,7 @@
 // of cu_seqlens come from the device's default da_mempool on the caller's stream.
 #include <cuda_runtime.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "attention/cuda_launch.h"
@@ -27,7 +28,8 @@ bool head_dim_compiled(int d) { return d == 32 || d == 64 || d == 96 || d == 128
 
 // Everything but the tensors: params, dtype, device. On success *device is the
 // current device.
-da_status check_support(const da_attention_params* params, da_dtype dtype, int* device) {
+da_status check_support(const da_attention_params* params, da_dtype dtype, int* device,
+                        int* major_out = nullptr) {
   if (params == nullptr)
     return da_error_set(DA_STATUS_INVALID_ARGUMENT, "params must not be NULL");
   if (dtype != DA_DTYPE_BF16 && dtype != DA_DTYPE_F16)
@@ -56,7 +58,15 @@ da_status check_support(const da_attention_params* params, da_dtype dtype, int* 
                         "device %d has compute capability %d.x; the CUDA passes need sm_80 "
                         "or newer",
                         *device, major);
+  if (major_out != nullptr) *major_out = major;
   return DA_STATUS_SUCCESS;
+}
+
+// The Hopper forward (wgmma) on sm_90 unless DA_CUDA_PORTABLE=1 asks for the
+// portable mma.sync kernels everywhere (the tests run both on one GPU).
+bool use_wgmma(int major) {
+  const char* env = getenv("DA_CUDA_PORTABLE");
+  return major == 9 && !(env != nullptr && env[0] != '\0' && env[0] != '0');
 }
 
 // The pointer must be device (or managed) memory the current device can use.
@@ -92,7 +102,8 @@ struct Prepared {
 // Validates params/batch and fills the kernel arguments (tensors left NULL).
 da_status prepare(const da_attention_params* params, const da_attention_batch* batch,
                   da_dtype dtype, cudaStream_t stream, Prepared* out) {
-  da_status st = check_support(params, dtype, &out->device);
+  int major = 0;
+  da_status st = check_support(params, dtype, &out->device, &major);
   if (st != DA_STATUS_SUCCESS) return st;
   da_attn_plan plan;
   if ((st = da_attn_plan_init(params, batch, &plan)) != DA_STATUS_SUCCESS) return st;
@@ -107,6 +118,7 @@ da_status prepare(const da_attention_params* params, const da_attention_batch* b
   a.mode = plan.mode;
   a.offset = plan.offset;
   a.num_patterns = plan.num_patterns;
+  a.use_wgmma = use_wgmma(major);
   int w_max = 0;
   for (int i = 0; i < plan.num_patterns; ++i) {
     a.w[i] = plan.w[i];

@@ -1,6 +1,7 @@
 // Forward kernels for bf16 inputs (one translation unit per pass and dtype, so
 // nvcc compiles them in parallel).
 #include "attention/cuda_kernels.cuh"
+#include "attention/cuda_sm90.cuh"
 
 namespace da_cuda {
 

@@ -390,19 +390,49 @@ constexpr float kLog2e = 1.442695040888963407f;
 
 // -------------------------------------------------------------- forward -----
 
+// How the forward kernel multiplies: tiles in shared memory (layout, loads) and
+// the two products of a warp's 16 rows, S = Q K^T and O += P V. SyncMma is the
+// portable mma.sync path; Sm90Mma (cuda_sm90.cuh) uses wgmma.
 template <typename T, int D>
+struct SyncMma {
+  static constexpr int kBN = kOtherRows;
+  static constexpr int kAlign = 16;
+  static constexpr int tile_elems(int rows) { return rows * (D + 8); }
+  template <int ROWS, int NT>
+  __device__ static void load(T* tile, const T* base, long long stride, int valid, int tid) {
+    load_rows<T, D, ROWS, NT>(tile, base, stride, valid, tid);
+  }
+  __device__ static void loaded() {}
+  __device__ static void qk(float (&s)[kBN / 8][4], const T* sQ, const T* sK, int warp, int lane) {
+    mma_abt<T, D, kBN>(s, sQ + warp * 16 * (D + 8), sK, lane);
+  }
+  __device__ static void pv(float (&acc)[D / 8][4], float (&p)[kBN / 8][4], const T* sV, int warp,
+                            int lane) {
+    mma_pb<T, D, kBN>(acc, p, sV, lane);
+  }
+};
+
+// The Hopper policy (cuda_sm90.cuh, included by the forward translation units).
+template <typename T, int D>
+struct Sm90Mma;
+
+template <typename T, int D, class Mm>
 constexpr int forward_smem_bytes() {
-  return (kFwdRows + 4 * kOtherRows) * (D + 8) * (int)sizeof(T);
+  // Q, two K and two V buffers; the epilogue stages 16 x (D + 8) per warp.
+  int tiles = (Mm::tile_elems(kFwdRows) + 4 * Mm::tile_elems(Mm::kBN)) * (int)sizeof(T);
+  int stage = kFwdRows * (D + 8) * (int)sizeof(T);
+  return (tiles > stage ? tiles : stage) + Mm::kAlign;
 }
 
-template <typename T, int D>
+template <typename T, int D, class Mm>
 __global__ void __launch_bounds__(kFwdRows * 2)
     forward_kernel(const __grid_constant__ KernelArgs a, int tiles_per_seq) {
-  constexpr int BM = kFwdRows, BN = kOtherRows, S = D + 8, NT = BM * 2;
+  constexpr int BM = kFwdRows, BN = Mm::kBN, S = D + 8, NT = BM * 2;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* sQ = reinterpret_cast<T*>(smem_raw);
-  T* sK = sQ + BM * S;  // 2 buffers of BN rows
-  T* sV = sK + 2 * BN * S;
+  T* sQ = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(smem_raw) + Mm::kAlign - 1) &
+                               ~(uintptr_t)(Mm::kAlign - 1));
+  T* sK = sQ + Mm::tile_elems(BM);  // 2 buffers of BN rows
+  T* sV = sK + 2 * Mm::tile_elems(BN);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int seq = blockIdx.x / tiles_per_seq, tile = blockIdx.x % tiles_per_seq;
   const int j = blockIdx.y;
@@ -418,7 +448,7 @@ __global__ void __launch_bounds__(kFwdRows * 2)
   const T* v = static_cast<const T*>(a.v);
   const long long q_stride = (long long)own.L * a.h * D;
 
-  load_rows<T, D, BM, NT>(sQ, q + ((start + own.p0) * a.h + j) * D, q_stride, own.nrows, tid);
+  Mm::template load<BM, NT>(sQ, q + ((start + own.p0) * a.h + j) * D, q_stride, own.nrows, tid);
 
   UnitCursor cursor = {0, 0, -1};
   Unit cu;
@@ -428,8 +458,10 @@ __global__ void __launch_bounds__(kFwdRows * 2)
     int valid = u.hi - k0 < BN ? u.hi - k0 : BN;
     long long token = start + u.a + u.o + (long long)u.r * k0;
     long long stride = (long long)u.r * a.h_kv * D;
-    load_rows<T, D, BN, NT>(sK + buf * BN * S, k + (token * a.h_kv + gkv) * D, stride, valid, tid);
-    load_rows<T, D, BN, NT>(sV + buf * BN * S, v + (token * a.h_kv + gkv) * D, stride, valid, tid);
+    Mm::template load<BN, NT>(sK + buf * Mm::tile_elems(BN), k + (token * a.h_kv + gkv) * D,
+                              stride, valid, tid);
+    Mm::template load<BN, NT>(sV + buf * Mm::tile_elems(BN), v + (token * a.h_kv + gkv) * D,
+                              stride, valid, tid);
   };
   if (have) issue(cu, 0, 0);
   cp_async_commit();
@@ -454,13 +486,14 @@ __global__ void __launch_bounds__(kFwdRows * 2)
       nhave = next_unit(a, n, own, j, 1, 0, BN, &cursor, &nu);
     }
     cp_async_wait_all();
+    Mm::loaded();
     __syncthreads();
     if (nhave) issue(nu, nt_in, buf ^ 1);
     cp_async_commit();
 
     float s[BN / 8][4];
     zero(s);
-    mma_abt<T, D, BN>(s, sQ + warp * 16 * S, sK + buf * BN * S, lane);
+    Mm::qk(s, sQ, sK + buf * Mm::tile_elems(BN), warp, lane);
     const int k0 = cu.lo + t_in * BN;
     const bool masked = !cu.all_rows || k0 + BN > cu.hi || (a.causal && k0 + BN - 1 > cu.di_first);
 #pragma unroll
@@ -501,7 +534,7 @@ __global__ void __launch_bounds__(kFwdRows * 2)
         acc[dt][2 * rr + 1] *= alpha;
       }
     }
-    mma_pb<T, D, BN>(acc, s, sV + buf * BN * S, lane);
+    Mm::pv(acc, s, sV + buf * Mm::tile_elems(BN), warp, lane);
 
     fresh = nt_in == 0;
     cu = nu;
@@ -510,7 +543,7 @@ __global__ void __launch_bounds__(kFwdRows * 2)
     have = nhave;
   }
   cp_async_wait_all();
-  __syncthreads();  // every warp is done with sQ/sK/sV (the staging reuses sQ)
+  __syncthreads();  // every warp is done with sQ/sK/sV (the staging reuses them)
 
   float inv[2], lse[2];
 #pragma unroll
@@ -805,18 +838,26 @@ inline int max_tiles(const KernelArgs& a, int rows, bool kv_side) {
   return best;
 }
 
-template <typename T, int D>
-cudaError_t launch_forward(const KernelArgs& a, cudaStream_t stream) {
-  constexpr int smem = forward_smem_bytes<T, D>();
+template <typename T, int D, class Mm>
+cudaError_t launch_forward_with(const KernelArgs& a, cudaStream_t stream) {
+  constexpr int smem = forward_smem_bytes<T, D, Mm>();
   // Per device and cheap (no synchronisation): set on every launch.
-  cudaError_t attr = cudaFuncSetAttribute(forward_kernel<T, D>,
+  cudaError_t attr = cudaFuncSetAttribute(forward_kernel<T, D, Mm>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (attr != cudaSuccess) return attr;
   int tiles = max_tiles(a, kFwdRows, false);
   if (tiles == 0) return cudaSuccess;
   dim3 grid((unsigned)((long long)tiles * a.batch), (unsigned)a.h);
-  forward_kernel<T, D><<<grid, kFwdRows * 2, smem, stream>>>(a, tiles);
+  forward_kernel<T, D, Mm><<<grid, kFwdRows * 2, smem, stream>>>(a, tiles);
   return cudaGetLastError();
+}
+
+template <typename T, int D>
+cudaError_t launch_forward(const KernelArgs& a, cudaStream_t stream) {
+  if constexpr (D == 64 || D == 128) {
+    if (a.use_wgmma) return launch_forward_with<T, D, Sm90Mma<T, D>>(a, stream);
+  }
+  return launch_forward_with<T, D, SyncMma<T, D>>(a, stream);
 }
 
 template <typename T, int D>

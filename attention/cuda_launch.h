@@ -35,6 +35,7 @@ struct KernelArgs {
   int mode;    // da_attention_mode
   int offset;  // resolved da_offset_policy
   int num_patterns;
+  int use_wgmma;  // Hopper (sm_90) forward path for d = 64 / 128
   int w[DA_MAX_PATTERNS];
   int r[DA_MAX_PATTERNS];
 

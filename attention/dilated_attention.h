@@ -124,6 +124,10 @@ DA_API da_status da_attention_backward_cpu(const da_attention_params* params,
  * more are copied to a pool buffer with cudaMemcpyAsync (which may block the host
  * until the copy has read the pageable source).
  *
+ * Kernels: on sm_90 (H100/H200) the forward for head_dim 64 and 128 uses wgmma
+ * (Hopper tensor cores); everything else uses portable mma.sync kernels (sm_80+).
+ * Environment DA_CUDA_PORTABLE=1 forces the portable kernels on any GPU.
+ *
  * Supported: head_dim 32, 64, 96 or 128; sm_80 or newer. Anything else gives
  * DA_STATUS_NOT_SUPPORTED with a sentence, never a wrong answer; no GPU gives
  * DA_STATUS_NO_DEVICE. Results are deterministic (no atomics). */
