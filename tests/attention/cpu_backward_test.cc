@@ -19,28 +19,9 @@
 namespace {
 
 using da_test::Config;
+using da_test::CpuBackward;
+using da_test::CpuGrads;
 using da_test::Inputs;
-
-struct CpuGrads {
-  std::vector<float> dq, dk, dv;
-};
-
-// Float forward, then float backward with dq/dk/dv poisoned with NaN.
-CpuGrads CpuBackward(const Config& c, const Inputs& in, const std::vector<float>& dout) {
-  da_test::CpuOutputs fwd = da_test::CpuForward(c, in);
-  da_attention_params p = c.Params();
-  da_attention_batch b = c.Batch();
-  CpuGrads g;
-  g.dq = da_test::Poisoned(c.QElems());
-  g.dk = da_test::Poisoned(c.KvElems());
-  g.dv = da_test::Poisoned(c.KvElems());
-  EXPECT_EQ(
-      da_attention_backward_cpu(&p, &b, in.q.data(), in.k.data(), in.v.data(), fwd.out.data(),
-                                fwd.lse.data(), dout.data(), g.dq.data(), g.dk.data(), g.dv.data()),
-      DA_STATUS_SUCCESS)
-      << da_last_error();
-  return g;
-}
 
 bool ExpectGradsClose(const Config& c, const CpuGrads& got, const da_test::Grads& ref, double tol,
                       const char* against, double* worst_ratio = nullptr) {

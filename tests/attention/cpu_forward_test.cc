@@ -18,6 +18,7 @@
 
 namespace {
 
+using da_test::Chosen;
 using da_test::Config;
 using da_test::CpuForward;
 using da_test::Inputs;
@@ -76,16 +77,6 @@ TEST(CpuForward, MatchesOracleOnRandomConfigs) {
   }
   // How much of the tolerance the worst config used (kept in the test log).
   printf("worst out error / tolerance over %d configs: %.3g\n", configs, worst_ratio);
-}
-
-Config Chosen(std::vector<int> w, std::vector<int> r, int64_t n, int h, int d) {
-  Config c;
-  c.w = w;
-  c.r = r;
-  c.seqlen = n;
-  c.h = h;
-  c.d = d;
-  return c;
 }
 
 TEST(CpuForward, MatchesOracleOnChosenEdgeCases) {

@@ -16,6 +16,7 @@
 
 namespace {
 
+using da_test::Chosen;
 using da_test::Config;
 
 using Result = da_test::OracleOutputs;
@@ -62,16 +63,6 @@ void ExpectRow(const Config& c, const std::vector<double>& q, const std::vector<
   }
 }
 
-Config Simple(std::vector<int> w, std::vector<int> r, int n, int h, int d) {
-  Config c;
-  c.w = w;
-  c.r = r;
-  c.seqlen = n;
-  c.h = h;
-  c.d = d;
-  return c;
-}
-
 struct Tensors {
   std::vector<double> q, k, v;
 };
@@ -83,7 +74,7 @@ Tensors RandomDoubles(const Config& c, uint64_t seed) {
 }
 
 TEST(OracleHandComputed, OneSegmentPatternTwoTokensPerSegment) {
-  Config c = Simple({2}, {1}, 4, 1, 2);
+  Config c = Chosen({2}, {1}, 4, 1, 2);
   c.scale = 0.5f;
   Tensors t = {{0.3, -1.0, 2.0, 0.5, -0.7, 1.1, 0.2, 0.9},
                {1.0, 0.4, -0.6, 1.5, 0.8, -0.3, 2.0, 0.1},
@@ -108,7 +99,7 @@ TEST(OracleHandComputed, OneSegmentPatternTwoTokensPerSegment) {
 }
 
 TEST(OracleHandComputed, RaggedTailAndSequenceShorterThanSegment) {
-  Config c = Simple({2, 8}, {1, 1}, 5, 1, 3);
+  Config c = Chosen({2, 8}, {1, 1}, 5, 1, 3);
   Tensors t = RandomDoubles(c, 1);
   Result r = OracleForward(c, t.q, t.k, t.v);
   // Pattern (2,1): segments [0,2) [2,4) [4,5); pattern (8,1): one segment [0,5).
@@ -121,8 +112,8 @@ TEST(OracleHandComputed, RaggedTailAndSequenceShorterThanSegment) {
 }
 
 TEST(OracleHandComputed, DuplicatePatternCountsEveryKeyTwice) {
-  Config once = Simple({3}, {1}, 7, 2, 4);
-  Config twice = Simple({3, 3}, {1, 1}, 7, 2, 4);
+  Config once = Chosen({3}, {1}, 7, 2, 4);
+  Config twice = Chosen({3, 3}, {1, 1}, 7, 2, 4);
   Tensors t = RandomDoubles(once, 2);
   Result a = OracleForward(once, t.q, t.k, t.v), b = OracleForward(twice, t.q, t.k, t.v);
   for (size_t i = 0; i < a.out.size(); i++) EXPECT_NEAR(a.out[i], b.out[i], 1e-14);
@@ -133,7 +124,7 @@ TEST(OracleHandComputed, DilationWithHeadOffsets) {
   // w = 6, r = 2, h = 2, offset o = j mod 2: head 0 owns the even positions,
   // head 1 the odd ones; the other queries of each head are uncovered.
   for (int causal = 0; causal <= 1; causal++) {
-    Config c = Simple({6}, {2}, 6, 2, 3);
+    Config c = Chosen({6}, {2}, 6, 2, 3);
     c.causal = causal;
     c.offset = DA_OFFSET_HEAD;
     Tensors t = RandomDoubles(c, 3);
@@ -161,21 +152,21 @@ std::vector<std::vector<int>> Covered(const Config& c, const Result& r) {
 
 TEST(OracleHandComputed, OffsetPolicies) {
   // Block (torchscale): h = 4, r = 2: ceil(4/2) = 2 heads per offset.
-  Config c = Simple({4}, {2}, 4, 4, 2);
+  Config c = Chosen({4}, {2}, 4, 4, 2);
   c.offset = DA_OFFSET_BLOCK;
   Tensors t = RandomDoubles(c, 4);
   std::vector<std::vector<int>> want = {{0, 2}, {0, 2}, {1, 3}, {1, 3}};
   EXPECT_EQ(Covered(c, OracleForward(c, t.q, t.k, t.v)), want);
 
   // Block with h = 5, r = 4: ceil(5/4) = 2, offsets 0 0 1 1 2; offset 3 unused.
-  c = Simple({8}, {4}, 8, 5, 2);
+  c = Chosen({8}, {4}, 8, 5, 2);
   c.offset = DA_OFFSET_BLOCK;
   t = RandomDoubles(c, 5);
   want = {{0, 4}, {0, 4}, {1, 5}, {1, 5}, {2, 6}};
   EXPECT_EQ(Covered(c, OracleForward(c, t.q, t.k, t.v)), want);
 
   // Head with r > h: h = 2, r = 3: offsets 0 and 1; positions 2 mod 3 uncovered.
-  c = Simple({6}, {3}, 6, 2, 2);
+  c = Chosen({6}, {3}, 6, 2, 2);
   c.offset = DA_OFFSET_HEAD;
   t = RandomDoubles(c, 6);
   want = {{0, 3}, {1, 4}};
@@ -187,7 +178,7 @@ TEST(OracleHandComputed, OffsetPolicies) {
 
   // Group offset in LongNet mode: k = 2 patterns split h = 5 into {0,1,2} {3,4};
   // both patterns are (4, 2), so group g has offset g mod 2 in each.
-  c = Simple({4, 4}, {2, 2}, 4, 5, 2);
+  c = Chosen({4, 4}, {2, 2}, 4, 5, 2);
   c.offset = DA_OFFSET_GROUP;
   t = RandomDoubles(c, 7);
   want = {{0, 2}, {0, 2}, {0, 2}, {1, 3}, {1, 3}};
@@ -199,7 +190,7 @@ TEST(OracleHandComputed, OffsetPolicies) {
 TEST(OracleHandComputed, HeadGroupMode) {
   // h = 3, k = 2: groups {0,1} (pattern (2,1)) and {2} (pattern (4,2), default =
   // group offset 1 mod 2 = 1).
-  Config c = Simple({2, 4}, {1, 2}, 4, 3, 3);
+  Config c = Chosen({2, 4}, {1, 2}, 4, 3, 3);
   c.mode = DA_MODE_HEAD_GROUP;
   Tensors t = RandomDoubles(c, 8);
   Result r = OracleForward(c, t.q, t.k, t.v);
@@ -216,7 +207,7 @@ TEST(OracleHandComputed, HeadGroupMode) {
     ExpectRow(c, t.q, t.k, t.v, r, p, 2, p % 2 == 0 ? std::vector<int>{0, 2} : std::vector<int>{});
 
   // h = 7, k = 3: groups of 3, 2, 2 heads (the first 7 mod 3 = 1 group larger).
-  c = Simple({8, 8, 8}, {1, 2, 4}, 8, 7, 1);
+  c = Chosen({8, 8, 8}, {1, 2, 4}, 8, 7, 1);
   c.mode = DA_MODE_HEAD_GROUP;
   t = RandomDoubles(c, 9);
   std::vector<std::vector<int>> want = {{0, 1, 2, 3, 4, 5, 6, 7},
@@ -229,7 +220,7 @@ TEST(OracleHandComputed, HeadGroupMode) {
   EXPECT_EQ(Covered(c, OracleForward(c, t.q, t.k, t.v)), want);
 
   // h = 2 < k = 3: one head per group; the third pattern is used by no head.
-  c = Simple({8, 8, 1}, {1, 2, 1}, 8, 2, 2);
+  c = Chosen({8, 8, 1}, {1, 2, 1}, 8, 2, 2);
   c.mode = DA_MODE_HEAD_GROUP;
   t = RandomDoubles(c, 10);
   want = {{0, 1, 2, 3, 4, 5, 6, 7}, {1, 3, 5, 7}};
@@ -239,7 +230,7 @@ TEST(OracleHandComputed, HeadGroupMode) {
 }
 
 TEST(OracleHandComputed, UncoveredQueriesGetZeroAndMinusInfinity) {
-  Config c = Simple({4}, {2}, 6, 1, 3);
+  Config c = Chosen({4}, {2}, 6, 1, 3);
   Tensors t = RandomDoubles(c, 11);
   Result r = OracleForward(c, t.q, t.k, t.v);
   for (int p = 0; p < 6; p++) {
@@ -261,7 +252,7 @@ TEST(OracleHandComputed, UncoveredQueriesGetZeroAndMinusInfinity) {
 TEST(OracleHandComputed, GroupedQueryAttentionReadsKvHeadJOverGroupSize) {
   // h = 4, h_kv = 2 (and 1) must equal h_kv = h with each kv head duplicated.
   for (int h_kv : {1, 2}) {
-    Config gqa = Simple({3, 5}, {1, 2}, 9, 4, 5);
+    Config gqa = Chosen({3, 5}, {1, 2}, 9, 4, 5);
     gqa.h_kv = h_kv;
     gqa.causal = 1;
     Config full = gqa;
@@ -284,7 +275,7 @@ TEST(OracleHandComputed, GroupedQueryAttentionReadsKvHeadJOverGroupSize) {
 }
 
 TEST(OracleHandComputed, PackedSequencesAreSegmentedFromTheirOwnStart) {
-  Config packed = Simple({4, 3}, {1, 3}, 0, 2, 3);
+  Config packed = Chosen({4, 3}, {1, 3}, 0, 2, 3);
   packed.batch = 4;
   packed.cu = {0, 5, 5, 12, 13};  // lengths 5, 0, 7, 1
   packed.causal = 1;
@@ -308,7 +299,7 @@ TEST(OracleHandComputed, PackedSequencesAreSegmentedFromTheirOwnStart) {
       EXPECT_EQ(alone.lse[i], whole.lse[starts[s] * packed.h + i]);
   }
   // A fixed-length batch is the packed batch with equal lengths.
-  Config fixed = Simple({4, 3}, {1, 3}, 6, 2, 3);
+  Config fixed = Chosen({4, 3}, {1, 3}, 6, 2, 3);
   fixed.batch = 2;
   Config same = fixed;
   same.cu = {0, 6, 12};
@@ -319,7 +310,7 @@ TEST(OracleHandComputed, PackedSequencesAreSegmentedFromTheirOwnStart) {
 }
 
 TEST(OracleHandComputed, TokenSliceMatchesTheFullRun) {
-  Config c = Simple({5, 2}, {2, 1}, 11, 3, 4);
+  Config c = Chosen({5, 2}, {2, 1}, 11, 3, 4);
   c.batch = 2;
   Tensors t = RandomDoubles(c, 15);
   Result full = OracleForward(c, t.q, t.k, t.v);
@@ -343,7 +334,7 @@ TEST(OracleHandComputed, TokenSliceMatchesTheFullRun) {
 }
 
 TEST(OracleHandComputed, HugeLogitsStayFinite) {
-  Config c = Simple({16, 4}, {1, 2}, 16, 2, 8);
+  Config c = Chosen({16, 4}, {1, 2}, 16, 2, 8);
   Tensors t = RandomDoubles(c, 16);
   for (double& x : t.q) x *= 1000.0;  // logits ~ 1e3: e^logit overflows without the max shift
   Result r = OracleForward(c, t.q, t.k, t.v);
@@ -354,7 +345,7 @@ TEST(OracleHandComputed, HugeLogitsStayFinite) {
 }
 
 TEST(OracleCountPairs, HandCounts) {
-  Config c = Simple({2}, {1}, 4, 1, 1);
+  Config c = Chosen({2}, {1}, 4, 1, 1);
   da_attention_params p = c.Params();
   da_attention_batch b = c.Batch();
   int64_t pairs = -1;
@@ -365,7 +356,7 @@ TEST(OracleCountPairs, HandCounts) {
   EXPECT_EQ(pairs, 6);  // 1 + 2 + 1 + 2
   // Uncovered: (w=4, r=2), n = 6, h = 2: head 0 queries 0,2 see 2 keys, 4 sees 1;
   // head 1 queries 1,3 see 2, 5 sees 1 (segment [4,6): 5 - 4 = 1 = o).
-  c = Simple({4}, {2}, 6, 2, 1);
+  c = Chosen({4}, {2}, 6, 2, 1);
   p = c.Params();
   b = c.Batch();
   ASSERT_EQ(da_oracle_count_pairs(&p, &b, &pairs), DA_STATUS_SUCCESS);
@@ -405,29 +396,29 @@ void ExpectBackwardMatchesFiniteDifferences(const Config& c, uint64_t seed) {
 
 TEST(OracleBackward, MatchesFiniteDifferencesOnChosenConfigs) {
   std::vector<Config> configs;
-  configs.push_back(Simple({2}, {1}, 4, 1, 2));
-  Config c = Simple({4, 2}, {2, 1}, 7, 2, 3);  // ragged n = 7
+  configs.push_back(Chosen({2}, {1}, 4, 1, 2));
+  Config c = Chosen({4, 2}, {2, 1}, 7, 2, 3);  // ragged n = 7
   c.causal = 1;
   configs.push_back(c);
-  c = Simple({3, 3}, {1, 1}, 5, 2, 2);  // duplicate pattern: keys count twice
+  c = Chosen({3, 3}, {1, 1}, 5, 2, 2);  // duplicate pattern: keys count twice
   configs.push_back(c);
-  c = Simple({6, 4}, {3, 1}, 6, 4, 2);  // GQA h = 4, h_kv = 2, custom scale
+  c = Chosen({6, 4}, {3, 1}, 6, 4, 2);  // GQA h = 4, h_kv = 2, custom scale
   c.h_kv = 2;
   c.scale = 0.7f;
   configs.push_back(c);
-  c = Simple({5}, {5}, 9, 2, 2);  // r > h, many uncovered queries, MQA
+  c = Chosen({5}, {5}, 9, 2, 2);  // r > h, many uncovered queries, MQA
   c.h_kv = 1;
   configs.push_back(c);
-  c = Simple({4, 6}, {2, 3}, 8, 3, 2);  // head-group mode, group offsets
+  c = Chosen({4, 6}, {2, 3}, 8, 3, 2);  // head-group mode, group offsets
   c.mode = DA_MODE_HEAD_GROUP;
   configs.push_back(c);
   for (int policy = DA_OFFSET_HEAD; policy <= DA_OFFSET_BLOCK; policy++) {
-    c = Simple({4, 3}, {2, 3}, 7, 5, 1);
+    c = Chosen({4, 3}, {2, 3}, 7, 5, 1);
     c.offset = static_cast<da_offset_policy>(policy);
     c.causal = policy % 2;
     configs.push_back(c);
   }
-  c = Simple({3, 2}, {1, 2}, 0, 2, 2);  // packed with an empty sequence
+  c = Chosen({3, 2}, {1, 2}, 0, 2, 2);  // packed with an empty sequence
   c.batch = 3;
   c.cu = {0, 4, 4, 9};
   c.causal = 1;
@@ -448,7 +439,7 @@ TEST(OracleBackward, MatchesFiniteDifferencesOnRandomTinyConfigs) {
 }
 
 TEST(OracleArguments, RejectsNullAndInvalid) {
-  Config c = Simple({2}, {1}, 4, 1, 2);
+  Config c = Chosen({2}, {1}, 4, 1, 2);
   da_attention_params p = c.Params();
   da_attention_batch b = c.Batch();
   std::vector<double> x(64, 1.0), y(64), z(64), w(64);

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs //tools/da:da (path in $1) through its user-facing contract: exit statuses
-# 0 / 1 / 2, one-line usage errors naming the flag or key, JSON output keys, PASS.
+# 0 / 1 / 2, one-line usage errors naming the flag or key, JSON output keys, PASS,
+# the backend choice (auto falls back to the CPU without a GPU; --backend cuda
+# without one fails with a sentence).
 set -u
 
 DA="$1"
@@ -36,6 +38,11 @@ stdout_has() {
   grep -qF -- "$1" "$TMP/out" || fail "stdout lacks '$1'"
 }
 
+# stdout_has_json KEY VALUE: "KEY": VALUE in the (cJSON, tab-separated) output.
+stdout_has_json() {
+  grep -qE -- "\"$1\":[[:space:]]*$2" "$TMP/out" || fail "stdout lacks \"$1\": $2"
+}
+
 expect 0 "da --help" -- --help
 stdout_has "usage: da"
 expect 0 "da demo --help" -- demo --help
@@ -60,17 +67,55 @@ expect 2 "empty list" -- bench --segments ""
 stderr_is_one_line_with "--segments"
 expect 2 "mismatched lists (da_attention_validate)" -- bench --segments 128,256 --dilations 1
 stderr_is_one_line_with "invalid parameters"
+expect 2 "unknown backend" -- bench --backend gpu
+stderr_is_one_line_with "--backend"
+expect 2 "unknown dtype" -- bench --dtype f32
+stderr_is_one_line_with "--dtype"
+expect 2 "unknown pass" -- bench --pass bwd
+stderr_is_one_line_with "--pass"
+expect 2 "--dtype is bench only" -- demo --dtype f16
+stderr_is_one_line_with "--dtype"
+expect 2 "--ceiling with a workload flag" -- bench --ceiling --dtype f16
+stderr_is_one_line_with "--ceiling"
+
+# has_gpu: whether the CUDA passes can run here (then --backend cuda may succeed).
+"$DA" bench --backend cuda --n 256 --heads 2 --head-dim 64 --segments 64 --dilations 1 \
+  --repeats 1 --warmup 0 --json >"$TMP/out" 2>"$TMP/err"
+cuda_status=$?
+if [[ $cuda_status -eq 0 ]]; then
+  has_gpu=1
+  stdout_has_json backend '"cuda"'
+else
+  has_gpu=0
+  [[ $cuda_status -eq 1 ]] ||
+    fail "bench --backend cuda without a usable GPU: exit status $cuda_status, want 1"
+  stderr_is_one_line_with "--backend cuda"
+  expect 1 "demo --backend cuda without a GPU" -- demo --backend cuda
+  stderr_is_one_line_with "--backend cuda"
+  expect 1 "bench --ceiling --backend cuda without a GPU" -- bench --ceiling --backend cuda
+  stderr_is_one_line_with "--backend cuda"
+fi
 
 expect 0 "small bench --json" -- bench --n 512 --segments 128,256 --dilations 1,2 --repeats 1 --json
-for key in '"forward"' '"median_ms"' '"effective_tflops"' '"segment_lengths"' '"peak_rss_mib"'; do
+for key in '"forward"' '"median_ms"' '"effective_tflops"' '"segment_lengths"' '"peak_rss_mib"' \
+    '"backend"' '"dtype"' '"peak_pool_mib"' '"ceiling_kind"'; do
   stdout_has "$key"
 done
+[[ $has_gpu -eq 1 ]] || stdout_has_json backend '"cpu"'
+
 head -c 1 "$TMP/out" | grep -q '{' || fail "bench --json output does not start with {"
 tail -n 1 "$TMP/out" | grep -q '^}$' || fail "bench --json output does not end with }"
 
 expect 0 "small bench --csv" -- bench --n 512 --segments 128,256 --dilations 1,2 --repeats 1 --csv
 [[ $(wc -l <"$TMP/out") -eq 2 ]] || fail "bench --csv should print a header and one row"
 stdout_has "forward_median_ms"
+stdout_has "peak_pool_mib"
+
+expect 0 "bench --backend cpu --pass fwdbwd" -- bench --backend cpu --pass fwdbwd --n 256 \
+  --heads 2 --head-dim 16 --segments 64,128 --dilations 1,2 --repeats 1 --warmup 0 --json
+stdout_has_json backend '"cpu"'
+stdout_has_json dtype '"f32"'
+stdout_has_json forward_backward '[{]' # an object, not null: the backward was timed
 
 cat >"$TMP/bad_key.json" <<'JSON'
 {"n": 512, "segment_lengths": [128, 256], "dilation_rates": [1, 2], "no_such_key": 3}
@@ -105,6 +150,10 @@ expect 2 "config without a file" -- config check
 
 expect 0 "demo --n 1024" -- demo --n 1024
 stdout_has "PASS"
+stdout_has "backend"
+expect 0 "demo --n 1024 --backend cpu" -- demo --n 1024 --backend cpu
+stdout_has "PASS"
+stdout_has "cpu: f32 (--backend cpu)"
 
 if [[ "$failures" -ne 0 ]]; then
   echo "$failures check(s) failed" >&2

@@ -117,6 +117,7 @@ int cli_measure_ceiling(double seconds, cli_ceiling* ceiling) {
   int lanes;
   pick_kernel(&kernel, &lanes, &ceiling->isa);
   ceiling->threads = omp_get_max_threads();
+  ceiling->gpu = 0;
   double checksum = 0.0;
   const double begin_ms = cli_now_ms();
   /* A short untimed window first: threads start, clocks settle. */

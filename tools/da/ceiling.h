@@ -1,13 +1,16 @@
 /* ceiling.h: this CPU's measured peak fp32 throughput, the yardstick the bench
- * compares the attention's effective FLOP/s with. */
+ * compares the attention's effective FLOP/s with on the CPU (on the GPU it is
+ * cuBLAS's dense bf16 GEMM, gpu.h, reported in the same struct). */
 #ifndef DA_TOOLS_CEILING_H
 #define DA_TOOLS_CEILING_H
 
 typedef struct {
   double gflops;   /* best of the runs, all threads together */
-  int threads;
-  const char* isa; /* "avx512f+fma", "avx2+fma" or "sse2 (mul+add)" */
+  int threads;     /* 0 for the GPU */
+  const char* isa; /* "avx512f+fma", "avx2+fma" or "sse2 (mul+add)"; on the GPU what
+                      was measured */
   double seconds;  /* total time spent measuring */
+  int gpu;         /* 1: the GPU's dense bf16 GEMM, 0: this CPU's fp32 FMA peak */
 } cli_ceiling;
 
 /* Runs independent multiply-add chains on every OpenMP thread for about

@@ -21,6 +21,10 @@ typedef enum { CLI_CMD_DEMO = 1u << 0, CLI_CMD_BENCH = 1u << 1 } cli_command;
 
 typedef enum { CLI_OUTPUT_TABLE = 0, CLI_OUTPUT_JSON = 1, CLI_OUTPUT_CSV = 2 } cli_output;
 
+/* Where the attention runs. AUTO: the GPU when one is there and the CUDA passes
+ * serve the configuration (da_attention_cuda_supported), else the CPU. */
+typedef enum { CLI_BACKEND_AUTO = 0, CLI_BACKEND_CPU = 1, CLI_BACKEND_CUDA = 2 } cli_backend;
+
 typedef struct {
   /* What to compute (becomes da_attention_params / da_attention_batch). */
   int64_t seqlen;
@@ -37,6 +41,8 @@ typedef struct {
   int causal;
   double softmax_scale; /* 0 means 1/sqrt(head_dim) */
   /* How to run it. */
+  int backend; /* cli_backend */
+  int dtype;   /* da_dtype of the CUDA passes (bf16 or f16); the CPU computes in f32 */
   int warmup;
   int repeats;
   int backward;
@@ -52,7 +58,8 @@ typedef struct {
 } cli_options;
 
 /* Defaults of `command`: the LongNet configuration (n = 8192, h = 12, h_kv = h,
- * d = 64, w = 2048..32768, r = 1..16), 1 warm-up, 5 repeats, seed 1. */
+ * d = 64, w = 2048..32768, r = 1..16), backend auto, bf16 on the GPU, 1 warm-up,
+ * 5 repeats, seed 1. */
 void cli_options_default(cli_command command, cli_options* options);
 
 /* Fills options from defaults, then the --config file (bench), then argv
@@ -61,8 +68,8 @@ void cli_options_default(cli_command command, cli_options* options);
  * --help sets options->help and stops parsing. */
 int cli_options_parse(cli_command command, int argc, char** argv, cli_options* options);
 
-/* Whether any option that describes the workload (not --threads, --json, --csv,
- * --ceiling) was given on the command line or in a config file. */
+/* Whether any option that describes the workload (not --backend, --threads,
+ * --json, --csv, --ceiling) was given on the command line or in a config file. */
 int cli_options_any_workload(const cli_options* options);
 
 /* The flag list of `command` with defaults, for --help. */
@@ -75,6 +82,7 @@ da_attention_batch cli_options_batch(const cli_options* options);
 /* Names of the enum values as the flags spell them. */
 const char* cli_mode_name(int mode);
 const char* cli_offset_name(int offset_policy);
+const char* cli_backend_name(int backend);
 
 /* One usage-error line, "da <command>: <message>", to stderr; returns
  * CLI_EXIT_USAGE. */

@@ -17,7 +17,7 @@ static uint64_t next_u64(uint64_t* state) {
 
 /* Irwin-Hall: the sum of 4 uniforms on [0, 1) has mean 2 and variance 1/3, so
  * (sum - 2) * sqrt(3) is close to N(0, 1) and cheap. */
-static void fill_normalish(float* data, size_t count, uint64_t* state) {
+void cli_random_fill(float* data, size_t count, uint64_t* state) {
   const double scale = sqrt(3.0) / 9007199254740992.0; /* 2^53 */
   for (size_t i = 0; i < count; ++i) {
     double sum = 0.0;
@@ -78,13 +78,13 @@ da_status cli_tensors_create(const da_attention_params* params, const da_attenti
     return DA_STATUS_OUT_OF_MEMORY;
   }
   uint64_t state = seed;
-  fill_normalish(t->q, q_count, &state);
-  fill_normalish(t->k, kv_count, &state);
-  fill_normalish(t->v, kv_count, &state);
+  cli_random_fill(t->q, q_count, &state);
+  cli_random_fill(t->k, kv_count, &state);
+  cli_random_fill(t->v, kv_count, &state);
   fill_nan(t->out, q_count);
   fill_nan(t->lse, lse_count);
   if (with_backward) {
-    fill_normalish(t->dout, q_count, &state);
+    cli_random_fill(t->dout, q_count, &state);
     fill_nan(t->dq, q_count);
     fill_nan(t->dk, kv_count);
     fill_nan(t->dv, kv_count);
@@ -108,25 +108,32 @@ static cli_time_stats summarize(double* samples_ms, int count) {
   return stats;
 }
 
-static da_status run_once(const da_attention_params* params, const da_attention_batch* batch,
-                          cli_tensors* t, int with_backward, double* forward_ms,
-                          double* backward_ms) {
+typedef struct {
+  const da_attention_params* params;
+  const da_attention_batch* batch;
+  cli_tensors* tensors;
+} cpu_context;
+
+static da_status cpu_run_passes(void* context, int with_backward, double* forward_ms,
+                                double* backward_ms) {
+  const cpu_context* c = context;
+  cli_tensors* t = c->tensors;
   double start = cli_now_ms();
   da_status status =
-      da_attention_forward_cpu(params, batch, t->q, t->k, t->v, t->out, t->lse);
+      da_attention_forward_cpu(c->params, c->batch, t->q, t->k, t->v, t->out, t->lse);
   double middle = cli_now_ms();
   if (status == DA_STATUS_SUCCESS && with_backward)
-    status = da_attention_backward_cpu(params, batch, t->q, t->k, t->v, t->out, t->lse, t->dout,
-                                       t->dq, t->dk, t->dv);
+    status = da_attention_backward_cpu(c->params, c->batch, t->q, t->k, t->v, t->out, t->lse,
+                                       t->dout, t->dq, t->dk, t->dv);
   *forward_ms = middle - start;
   *backward_ms = cli_now_ms() - middle;
   return status;
 }
 
-da_status cli_time_attention(const da_attention_params* params, const da_attention_batch* batch,
-                             cli_tensors* t, int warmup, int repeats, int with_backward,
-                             cli_timings* timings) {
+da_status cli_time_passes(cli_pass_fn run, void* context, int warmup, int repeats,
+                          int with_backward, cli_timings* timings) {
   memset(timings, 0, sizeof *timings);
+  timings->warmup = warmup;
   double* samples = malloc(3 * (size_t)repeats * sizeof *samples);
   if (samples == NULL) return DA_STATUS_OUT_OF_MEMORY;
   double* forward = samples;
@@ -135,10 +142,10 @@ da_status cli_time_attention(const da_attention_params* params, const da_attenti
   da_status status = DA_STATUS_SUCCESS;
   double unused_forward, unused_backward;
   for (int i = 0; i < warmup && status == DA_STATUS_SUCCESS; ++i)
-    status = run_once(params, batch, t, with_backward, &unused_forward, &unused_backward);
+    status = run(context, with_backward, &unused_forward, &unused_backward);
   cli_progress progress = {0};
   for (int i = 0; i < repeats && status == DA_STATUS_SUCCESS; ++i) {
-    status = run_once(params, batch, t, with_backward, &forward[i], &backward[i]);
+    status = run(context, with_backward, &forward[i], &backward[i]);
     both[i] = forward[i] + backward[i];
     if (i == 0) cli_progress_begin(&progress, "timing", repeats, both[0] * repeats);
     cli_progress_step(&progress);
@@ -153,4 +160,11 @@ da_status cli_time_attention(const da_attention_params* params, const da_attenti
   }
   free(samples);
   return status;
+}
+
+da_status cli_time_attention(const da_attention_params* params, const da_attention_batch* batch,
+                             cli_tensors* t, int warmup, int repeats, int with_backward,
+                             cli_timings* timings) {
+  cpu_context context = {.params = params, .batch = batch, .tensors = t};
+  return cli_time_passes(cpu_run_passes, &context, warmup, repeats, with_backward, timings);
 }
