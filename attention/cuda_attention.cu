@@ -212,7 +212,12 @@ extern "C" {
 
 DA_API da_status da_attention_cuda_supported(const da_attention_params* params, da_dtype dtype) {
   int device = 0;
-  return check_support(params, dtype, &device);
+  da_status st = check_support(params, dtype, &device);
+  if (st != DA_STATUS_SUCCESS) return st;
+  // The parameter rules too (any batch shape is fine for them).
+  da_attention_batch one = {1, 1, nullptr};
+  da_attn_plan plan;
+  return da_attn_plan_init(params, &one, &plan);
 }
 
 DA_API da_status da_attention_forward_cuda(const da_attention_params* params,

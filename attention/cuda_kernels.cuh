@@ -201,14 +201,6 @@ DA_HD inline bool next_unit(const KernelArgs& a, int n, const OwnRows& own, int 
   return false;
 }
 
-// Own dilated index of row t in unit u, or -1 when the unit does not select it.
-__device__ __forceinline__ int unit_row_index(const Unit& u, const OwnRows& own, int t) {
-  if (t < u.t_lo || t >= u.t_hi) return -1;
-  int x = own.p0 + own.L * t - u.a - u.o;
-  if (x < 0 || x % u.r != 0) return -1;
-  return x / u.r;
-}
-
 __device__ __forceinline__ void sequence_of(const KernelArgs& a, int s, long long* start, int* n) {
   if (a.varlen == 0) {
     *start = (long long)s * a.seqlen;
@@ -283,7 +275,6 @@ __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool val
 }
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n"); }
 
 // ROWS rows of D elements into a padded shared tile; rows >= valid are zeros.
 // Row t of the source starts at base + t * stride (elements).
@@ -385,8 +376,103 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
+// 2^x with the SFU's approximation (flushes denormal results to 0; 2^-inf = 0),
+// as every flash-attention kernel uses: the softmax has no use for denormals.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 constexpr float kLn2 = 0.693147180559945309f;
 constexpr float kLog2e = 1.442695040888963407f;
+
+// --------------------------------------------------------------- pipeline ----
+
+// One tile of the other side (keys for forward/dQ, queries for dK/dV) and what
+// the compute step needs to mask it. Written to a shared ring by the thread that
+// issues its loads, read by every thread once the loads have landed.
+struct TileDesc {
+  long long token;  // absolute token of the tile's first row; rows are r tokens apart
+  int k0;           // dilated index of the tile's first row
+  int valid;        // rows in the tile
+  int hi;           // end of the unit's other-side range
+  int di_first, di_last, all_rows;
+  int t_lo, t_hi, base, r;  // own row t is selected iff t in [t_lo, t_hi) and
+                            // x = p0 + L t - base >= 0 with x % r == 0 (index x / r)
+  int j;                    // query head of the unit
+  int serial;               // unit number within the CTA
+};
+
+// Own dilated index of row t for the tile's unit, or -1.
+__device__ __forceinline__ int desc_row_index(const TileDesc& d, const OwnRows& own, int t) {
+  if (t < d.t_lo || t >= d.t_hi) return -1;
+  int x = own.p0 + own.L * t - d.base;
+  if (x < 0 || x % d.r != 0) return -1;
+  return x / d.r;
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// The CTA's loop: walks every (unit, tile) in order and keeps ST - 1 tiles in
+// flight (cp.async groups, one per tile, all threads loading). issue(desc, slot)
+// enqueues a tile's loads into ring slot `slot`; compute(desc, slot) runs once
+// they are visible to the whole CTA. The slot refilled in an iteration is the
+// one computed in the previous iteration, behind the barrier.
+template <int ST, class Issue, class Loaded, class Compute>
+__device__ __forceinline__ void run_tiles(const KernelArgs& a, int n, const OwnRows& own,
+                                          int head_first, int head_count, int kv_side, int bn,
+                                          long long start, TileDesc* ring, Issue&& issue,
+                                          Loaded&& loaded, Compute&& compute) {
+  static_assert(ST >= 2, "at least double buffering");
+  UnitCursor cursor = {0, 0, -1};
+  Unit u;
+  int t = 0, serial = 0, issued = 0;
+  bool more = next_unit(a, n, own, head_first, head_count, kv_side, bn, &cursor, &u);
+  auto issue_next = [&]() {
+    if (more) {
+      TileDesc d;
+      d.k0 = u.lo + t * bn;
+      d.valid = u.hi - d.k0 < bn ? u.hi - d.k0 : bn;
+      d.token = start + u.a + u.o + (long long)u.r * d.k0;
+      d.hi = u.hi;
+      d.di_first = u.di_first;
+      d.di_last = u.di_last;
+      d.all_rows = u.all_rows;
+      d.t_lo = u.t_lo;
+      d.t_hi = u.t_hi;
+      d.base = u.a + u.o;
+      d.r = u.r;
+      d.j = u.j;
+      d.serial = serial;
+      int slot = issued % ST;
+      issue(d, slot);
+      if (threadIdx.x == 0) ring[slot] = d;
+      ++issued;
+      if (++t >= u.ntiles) {
+        t = 0;
+        ++serial;
+        more = next_unit(a, n, own, head_first, head_count, kv_side, bn, &cursor, &u);
+      }
+    }
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int s = 0; s < ST - 1; ++s) issue_next();
+  for (int i = 0; i < issued; ++i) {
+    cp_async_wait<ST - 2>();
+    loaded();
+    __syncthreads();
+    issue_next();
+    const TileDesc d = ring[i % ST];
+    compute(d, i % ST);
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // every warp is done with the tiles (epilogues reuse them)
+}
 
 // -------------------------------------------------------------- forward -----
 
@@ -396,6 +482,8 @@ constexpr float kLog2e = 1.442695040888963407f;
 template <typename T, int D>
 struct SyncMma {
   static constexpr int kBN = kOtherRows;
+  static constexpr int kStages = D <= 96 ? 4 : 3;
+  static constexpr int kMinBlocks = 1;
   static constexpr int kAlign = 16;
   static constexpr int tile_elems(int rows) { return rows * (D + 8); }
   template <int ROWS, int NT>
@@ -418,21 +506,23 @@ struct Sm90Mma;
 
 template <typename T, int D, class Mm>
 constexpr int forward_smem_bytes() {
-  // Q, two K and two V buffers; the epilogue stages 16 x (D + 8) per warp.
-  int tiles = (Mm::tile_elems(kFwdRows) + 4 * Mm::tile_elems(Mm::kBN)) * (int)sizeof(T);
+  // Q and kStages K and V buffers; the epilogue stages 16 x (D + 8) per warp.
+  int tiles = (Mm::tile_elems(kFwdRows) + 2 * Mm::kStages * Mm::tile_elems(Mm::kBN)) *
+              (int)sizeof(T);
   int stage = kFwdRows * (D + 8) * (int)sizeof(T);
   return (tiles > stage ? tiles : stage) + Mm::kAlign;
 }
 
 template <typename T, int D, class Mm>
-__global__ void __launch_bounds__(kFwdRows * 2)
+__global__ void __launch_bounds__(kFwdRows * 2, Mm::kMinBlocks)
     forward_kernel(const __grid_constant__ KernelArgs a, int tiles_per_seq) {
-  constexpr int BM = kFwdRows, BN = Mm::kBN, S = D + 8, NT = BM * 2;
+  constexpr int BM = kFwdRows, BN = Mm::kBN, S = D + 8, NT = BM * 2, ST = Mm::kStages;
   extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ TileDesc ring[ST];
   T* sQ = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(smem_raw) + Mm::kAlign - 1) &
                                ~(uintptr_t)(Mm::kAlign - 1));
-  T* sK = sQ + Mm::tile_elems(BM);  // 2 buffers of BN rows
-  T* sV = sK + 2 * Mm::tile_elems(BN);
+  T* sK = sQ + Mm::tile_elems(BM);  // ST buffers of BN rows
+  T* sV = sK + ST * Mm::tile_elems(BN);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int seq = blockIdx.x / tiles_per_seq, tile = blockIdx.x % tiles_per_seq;
   const int j = blockIdx.y;
@@ -443,107 +533,77 @@ __global__ void __launch_bounds__(kFwdRows * 2)
   OwnRows own;
   if (!own_rows(geo, BM, n, tile, &own)) return;
   const int gkv = j / (a.h / a.h_kv);
-  const T* q = static_cast<const T*>(a.q);
   const T* k = static_cast<const T*>(a.k);
   const T* v = static_cast<const T*>(a.v);
   const long long q_stride = (long long)own.L * a.h * D;
-
-  Mm::template load<BM, NT>(sQ, q + ((start + own.p0) * a.h + j) * D, q_stride, own.nrows, tid);
-
-  UnitCursor cursor = {0, 0, -1};
-  Unit cu;
-  bool have = next_unit(a, n, own, j, 1, 0, BN, &cursor, &cu);
-  auto issue = [&](const Unit& u, int t, int buf) {
-    int k0 = u.lo + t * BN;
-    int valid = u.hi - k0 < BN ? u.hi - k0 : BN;
-    long long token = start + u.a + u.o + (long long)u.r * k0;
-    long long stride = (long long)u.r * a.h_kv * D;
-    Mm::template load<BN, NT>(sK + buf * Mm::tile_elems(BN), k + (token * a.h_kv + gkv) * D,
-                              stride, valid, tid);
-    Mm::template load<BN, NT>(sV + buf * Mm::tile_elems(BN), v + (token * a.h_kv + gkv) * D,
-                              stride, valid, tid);
-  };
-  if (have) issue(cu, 0, 0);
-  cp_async_commit();
+  const long long q_first = ((start + own.p0) * a.h + j) * D;
+  Mm::template load<BM, NT>(sQ, static_cast<const T*>(a.q) + q_first, q_stride, own.nrows, tid);
 
   const int row0 = warp * 16 + lane / 4, row1 = row0 + 8;
   float acc[D / 8][4];
   zero(acc);
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
-  int di0 = -1, di1 = -1;
-  int t_in = 0, buf = 0;
-  bool fresh = true;
-  while (have) {
-    if (fresh) {
-      di0 = unit_row_index(cu, own, row0);
-      di1 = unit_row_index(cu, own, row1);
-    }
-    Unit nu = cu;
-    int nt_in = t_in + 1;
-    bool nhave = true;
-    if (nt_in >= cu.ntiles) {
-      nt_in = 0;
-      nhave = next_unit(a, n, own, j, 1, 0, BN, &cursor, &nu);
-    }
-    cp_async_wait_all();
-    Mm::loaded();
-    __syncthreads();
-    if (nhave) issue(nu, nt_in, buf ^ 1);
-    cp_async_commit();
-
-    float s[BN / 8][4];
-    zero(s);
-    Mm::qk(s, sQ, sK + buf * Mm::tile_elems(BN), warp, lane);
-    const int k0 = cu.lo + t_in * BN;
-    const bool masked = !cu.all_rows || k0 + BN > cu.hi || (a.causal && k0 + BN - 1 > cu.di_first);
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[nt][e] * a.scale_log2;
-        if (masked) {
-          int kk = k0 + nt * 8 + (lane % 4) * 2 + (e & 1);
-          int di = e < 2 ? di0 : di1;
-          bool ok = di >= 0 && kk < cu.hi && (!a.causal || kk <= di);
-          x = ok ? x : -INFINITY;
+  int di0 = -1, di1 = -1, serial = -1;
+  run_tiles<ST>(
+      a, n, own, j, 1, 0, BN, start, ring,
+      [&](const TileDesc& d, int slot) {
+        long long stride = (long long)d.r * a.h_kv * D, first = (d.token * a.h_kv + gkv) * D;
+        Mm::template load<BN, NT>(sK + slot * Mm::tile_elems(BN), k + first, stride, d.valid, tid);
+        Mm::template load<BN, NT>(sV + slot * Mm::tile_elems(BN), v + first, stride, d.valid, tid);
+      },
+      [&]() { Mm::loaded(); },
+      [&](const TileDesc& d, int slot) {
+        if (d.serial != serial) {
+          serial = d.serial;
+          di0 = desc_row_index(d, own, row0);
+          di1 = desc_row_index(d, own, row1);
         }
-        s[nt][e] = x;
-      }
-    }
+        float s[BN / 8][4];
+        zero(s);
+        Mm::qk(s, sQ, sK + slot * Mm::tile_elems(BN), warp, lane);
+        const bool masked =
+            !d.all_rows || d.k0 + BN > d.hi || (a.causal && d.k0 + BN - 1 > d.di_first);
+        // Raw scores (masked ones -inf); the scale is folded into the exponent's
+        // FMA (scale > 0, so it commutes with the max).
+        if (masked) {
 #pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-      float mx = -INFINITY;
+          for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * rr], s[nt][2 * rr + 1]));
-      mx = quad_max(mx);
-      float m_new = fmaxf(m_run[rr], mx);
-      float base = m_new == -INFINITY ? 0.f : m_new;
-      float alpha = exp2f(m_run[rr] - base);
-      m_run[rr] = m_new;
-      float sum = 0.f;
+            for (int e = 0; e < 4; ++e) {
+              int kk = d.k0 + nt * 8 + (lane % 4) * 2 + (e & 1);
+              int di = e < 2 ? di0 : di1;
+              bool ok = di >= 0 && kk < d.hi && (!a.causal || kk <= di);
+              s[nt][e] = ok ? s[nt][e] : -INFINITY;
+            }
+          }
+        }
 #pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) {
-        s[nt][2 * rr] = exp2f(s[nt][2 * rr] - base);
-        s[nt][2 * rr + 1] = exp2f(s[nt][2 * rr + 1] - base);
-        sum += s[nt][2 * rr] + s[nt][2 * rr + 1];
-      }
-      l_run[rr] = l_run[rr] * alpha + sum;
+        for (int rr = 0; rr < 2; ++rr) {
+          float mx = -INFINITY;
 #pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        acc[dt][2 * rr] *= alpha;
-        acc[dt][2 * rr + 1] *= alpha;
-      }
-    }
-    Mm::pv(acc, s, sV + buf * Mm::tile_elems(BN), warp, lane);
-
-    fresh = nt_in == 0;
-    cu = nu;
-    t_in = nt_in;
-    buf ^= 1;
-    have = nhave;
-  }
-  cp_async_wait_all();
-  __syncthreads();  // every warp is done with sQ/sK/sV (the staging reuses them)
+          for (int nt = 0; nt < BN / 8; ++nt)
+            mx = fmaxf(mx, fmaxf(s[nt][2 * rr], s[nt][2 * rr + 1]));
+          mx = quad_max(mx) * a.scale_log2;
+          float m_new = fmaxf(m_run[rr], mx);
+          float base = m_new == -INFINITY ? 0.f : m_new;
+          float alpha = fast_exp2(m_run[rr] - base);
+          m_run[rr] = m_new;
+          float sum = 0.f;
+#pragma unroll
+          for (int nt = 0; nt < BN / 8; ++nt) {
+            s[nt][2 * rr] = fast_exp2(fmaf(s[nt][2 * rr], a.scale_log2, -base));
+            s[nt][2 * rr + 1] = fast_exp2(fmaf(s[nt][2 * rr + 1], a.scale_log2, -base));
+            sum += s[nt][2 * rr] + s[nt][2 * rr + 1];
+          }
+          l_run[rr] = l_run[rr] * alpha + sum;
+#pragma unroll
+          for (int dt = 0; dt < D / 8; ++dt) {
+            acc[dt][2 * rr] *= alpha;
+            acc[dt][2 * rr + 1] *= alpha;
+          }
+        }
+        Mm::pv(acc, s, sV + slot * Mm::tile_elems(BN), warp, lane);
+      });
 
   float inv[2], lse[2];
 #pragma unroll
@@ -553,10 +613,9 @@ __global__ void __launch_bounds__(kFwdRows * 2)
     lse[rr] = l > 0.f ? (m_run[rr] + log2f(l)) * kLn2 : -INFINITY;
   }
   T* o = static_cast<T*>(a.out);
-  int valid = own.nrows - warp * 16;
   store_rows<T, D>(acc, inv[0], inv[1], sQ + warp * 16 * S,
-                   o + ((start + own.p0 + (long long)own.L * warp * 16) * a.h + j) * D, q_stride,
-                   valid, lane);
+                   o + q_first + (long long)warp * 16 * q_stride, q_stride, own.nrows - warp * 16,
+                   lane);
   if (a.lse != nullptr && lane % 4 == 0) {
     if (row0 < own.nrows) a.lse[(start + own.p0 + (long long)own.L * row0) * a.h + j] = lse[0];
     if (row1 < own.nrows) a.lse[(start + own.p0 + (long long)own.L * row1) * a.h + j] = lse[1];
@@ -586,9 +645,17 @@ __global__ void delta_kernel(const T* __restrict__ out, const T* __restrict__ do
   }
 }
 
+// Pipeline depth of the backward kernels: a third stage where it still leaves
+// room for two CTAs per SM.
+template <int D>
+constexpr int backward_stages() {
+  return D <= 64 ? 3 : 2;
+}
+
 template <typename T, int D>
 constexpr int backward_smem_bytes() {
-  return (2 * kBwdRows + 4 * kOtherRows) * (D + 8) * (int)sizeof(T) + 4 * kOtherRows * 4;
+  return (2 * kBwdRows + 2 * backward_stages<D>() * kOtherRows) * (D + 8) * (int)sizeof(T) +
+         2 * backward_stages<D>() * kOtherRows * 4;
 }
 
 // dQ: the CTA owns query rows of head j, streams dilated K/V tiles.
@@ -596,11 +663,13 @@ template <typename T, int D>
 __global__ void __launch_bounds__(kBwdRows * 2)
     dq_kernel(const __grid_constant__ KernelArgs a, int tiles_per_seq) {
   constexpr int BM = kBwdRows, BN = kOtherRows, S = D + 8, NT = BM * 2;
+  constexpr int ST = backward_stages<D>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ TileDesc ring[ST];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sO = sQ + BM * S;  // dout rows
-  T* sK = sO + BM * S;
-  T* sV = sK + 2 * BN * S;
+  T* sK = sO + BM * S;  // ST buffers
+  T* sV = sK + ST * BN * S;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int seq = blockIdx.x / tiles_per_seq, tile = blockIdx.x % tiles_per_seq;
   const int j = blockIdx.y;
@@ -618,20 +687,6 @@ __global__ void __launch_bounds__(kBwdRows * 2)
   load_rows<T, D, BM, NT>(sQ, static_cast<const T*>(a.q) + q_first, q_stride, own.nrows, tid);
   load_rows<T, D, BM, NT>(sO, static_cast<const T*>(a.dout) + q_first, q_stride, own.nrows, tid);
 
-  UnitCursor cursor = {0, 0, -1};
-  Unit cu;
-  bool have = next_unit(a, n, own, j, 1, 0, BN, &cursor, &cu);
-  auto issue = [&](const Unit& u, int t, int buf) {
-    int k0 = u.lo + t * BN;
-    int valid = u.hi - k0 < BN ? u.hi - k0 : BN;
-    long long token = start + u.a + u.o + (long long)u.r * k0;
-    long long stride = (long long)u.r * a.h_kv * D;
-    load_rows<T, D, BN, NT>(sK + buf * BN * S, k + (token * a.h_kv + gkv) * D, stride, valid, tid);
-    load_rows<T, D, BN, NT>(sV + buf * BN * S, v + (token * a.h_kv + gkv) * D, stride, valid, tid);
-  };
-  if (have) issue(cu, 0, 0);
-  cp_async_commit();
-
   const int row0 = warp * 16 + lane / 4, row1 = row0 + 8;
   float lse2[2], dlt[2];
   {
@@ -647,58 +702,45 @@ __global__ void __launch_bounds__(kBwdRows * 2)
   }
   float acc[D / 8][4];
   zero(acc);
-  int di0 = -1, di1 = -1;
-  int t_in = 0, buf = 0;
-  bool fresh = true;
-  while (have) {
-    if (fresh) {
-      di0 = unit_row_index(cu, own, row0);
-      di1 = unit_row_index(cu, own, row1);
-    }
-    Unit nu = cu;
-    int nt_in = t_in + 1;
-    bool nhave = true;
-    if (nt_in >= cu.ntiles) {
-      nt_in = 0;
-      nhave = next_unit(a, n, own, j, 1, 0, BN, &cursor, &nu);
-    }
-    cp_async_wait_all();
-    __syncthreads();
-    if (nhave) issue(nu, nt_in, buf ^ 1);
-    cp_async_commit();
-
-    float s[BN / 8][4], dp[BN / 8][4];
-    zero(s);
-    zero(dp);
-    mma_abt<T, D, BN>(s, sQ + warp * 16 * S, sK + buf * BN * S, lane);
-    mma_abt<T, D, BN>(dp, sO + warp * 16 * S, sV + buf * BN * S, lane);
-    const int k0 = cu.lo + t_in * BN;
-    const bool masked = !cu.all_rows || k0 + BN > cu.hi || (a.causal && k0 + BN - 1 > cu.di_first);
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        int rr = e >> 1;
-        float p = exp2f(s[nt][e] * a.scale_log2 - lse2[rr]);
-        if (masked) {
-          int kk = k0 + nt * 8 + (lane % 4) * 2 + (e & 1);
-          int di = rr ? di1 : di0;
-          bool ok = di >= 0 && kk < cu.hi && (!a.causal || kk <= di);
-          p = ok ? p : 0.f;
+  int di0 = -1, di1 = -1, serial = -1;
+  run_tiles<ST>(
+      a, n, own, j, 1, 0, BN, start, ring,
+      [&](const TileDesc& d, int slot) {
+        long long stride = (long long)d.r * a.h_kv * D, first = (d.token * a.h_kv + gkv) * D;
+        load_rows<T, D, BN, NT>(sK + slot * BN * S, k + first, stride, d.valid, tid);
+        load_rows<T, D, BN, NT>(sV + slot * BN * S, v + first, stride, d.valid, tid);
+      },
+      [&]() {},
+      [&](const TileDesc& d, int slot) {
+        if (d.serial != serial) {
+          serial = d.serial;
+          di0 = desc_row_index(d, own, row0);
+          di1 = desc_row_index(d, own, row1);
         }
-        s[nt][e] = p * (dp[nt][e] - dlt[rr]);  // dS
-      }
-    }
-    mma_pb<T, D, BN>(acc, s, sK + buf * BN * S, lane);
-
-    fresh = nt_in == 0;
-    cu = nu;
-    t_in = nt_in;
-    buf ^= 1;
-    have = nhave;
-  }
-  cp_async_wait_all();
-  __syncthreads();
+        float s[BN / 8][4], dp[BN / 8][4];
+        zero(s);
+        zero(dp);
+        mma_abt<T, D, BN>(s, sQ + warp * 16 * S, sK + slot * BN * S, lane);
+        mma_abt<T, D, BN>(dp, sO + warp * 16 * S, sV + slot * BN * S, lane);
+        const bool masked =
+            !d.all_rows || d.k0 + BN > d.hi || (a.causal && d.k0 + BN - 1 > d.di_first);
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            int rr = e >> 1;
+            float p = fast_exp2(fmaf(s[nt][e], a.scale_log2, -lse2[rr]));
+            if (masked) {
+              int kk = d.k0 + nt * 8 + (lane % 4) * 2 + (e & 1);
+              int di = rr ? di1 : di0;
+              bool ok = di >= 0 && kk < d.hi && (!a.causal || kk <= di);
+              p = ok ? p : 0.f;
+            }
+            s[nt][e] = p * (dp[nt][e] - dlt[rr]);  // dS
+          }
+        }
+        mma_pb<T, D, BN>(acc, s, sK + slot * BN * S, lane);
+      });
   T* dq = static_cast<T*>(a.dq);
   store_rows<T, D>(acc, a.scale, a.scale, sQ + warp * 16 * S,
                    dq + q_first + (long long)warp * 16 * q_stride, q_stride, own.nrows - warp * 16,
@@ -711,13 +753,15 @@ template <typename T, int D>
 __global__ void __launch_bounds__(kBwdRows * 2)
     dkdv_kernel(const __grid_constant__ KernelArgs a, int tiles_per_seq) {
   constexpr int BM = kBwdRows, BN = kOtherRows, S = D + 8, NT = BM * 2;
+  constexpr int ST = backward_stages<D>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ TileDesc ring[ST];
   T* sK = reinterpret_cast<T*>(smem_raw);
   T* sV = sK + BM * S;
-  T* sQ = sV + BM * S;  // 2 buffers of BN rows
-  T* sO = sQ + 2 * BN * S;
-  float* sL = reinterpret_cast<float*>(sO + 2 * BN * S);  // 2 x BN lse (log2 units)
-  float* sD = sL + 2 * BN;                                // 2 x BN delta
+  T* sQ = sV + BM * S;  // ST buffers of BN rows
+  T* sO = sQ + ST * BN * S;
+  float* sL = reinterpret_cast<float*>(sO + ST * BN * S);  // ST x BN lse
+  float* sD = sL + ST * BN;                                 // ST x BN delta
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int seq = blockIdx.x / tiles_per_seq, tile = blockIdx.x % tiles_per_seq;
   const int g = blockIdx.y;
@@ -735,89 +779,59 @@ __global__ void __launch_bounds__(kBwdRows * 2)
   load_rows<T, D, BM, NT>(sK, static_cast<const T*>(a.k) + k_first, k_stride, own.nrows, tid);
   load_rows<T, D, BM, NT>(sV, static_cast<const T*>(a.v) + k_first, k_stride, own.nrows, tid);
 
-  UnitCursor cursor = {0, 0, -1};
-  Unit cu;
-  bool have = next_unit(a, n, own, g * group, group, 1, BN, &cursor, &cu);
-  auto issue = [&](const Unit& u, int t, int buf) {
-    int q0 = u.lo + t * BN;
-    int valid = u.hi - q0 < BN ? u.hi - q0 : BN;
-    long long token = start + u.a + u.o + (long long)u.r * q0;
-    long long stride = (long long)u.r * a.h * D;
-    long long first = (token * a.h + u.j) * D;
-    load_rows<T, D, BN, NT>(sQ + buf * BN * S, q + first, stride, valid, tid);
-    load_rows<T, D, BN, NT>(sO + buf * BN * S, dout + first, stride, valid, tid);
-    for (int c = tid; c < 2 * BN; c += NT) {
-      int row = c % BN;
-      bool ok = row < valid;
-      long long idx = (token + (long long)u.r * row) * a.h + u.j;
-      const float* src = c < BN ? a.lse_in : a.delta;
-      cp_async4((c < BN ? sL : sD) + buf * BN + row, ok ? src + idx : src, ok);
-    }
-  };
-  if (have) issue(cu, 0, 0);
-  cp_async_commit();
-
   const int row0 = warp * 16 + lane / 4, row1 = row0 + 8;
   float dk[D / 8][4], dv[D / 8][4];
   zero(dk);
   zero(dv);
-  int di0 = -1, di1 = -1;
-  int t_in = 0, buf = 0;
-  bool fresh = true;
-  while (have) {
-    if (fresh) {
-      di0 = unit_row_index(cu, own, row0);
-      di1 = unit_row_index(cu, own, row1);
-    }
-    Unit nu = cu;
-    int nt_in = t_in + 1;
-    bool nhave = true;
-    if (nt_in >= cu.ntiles) {
-      nt_in = 0;
-      nhave = next_unit(a, n, own, g * group, group, 1, BN, &cursor, &nu);
-    }
-    cp_async_wait_all();
-    __syncthreads();
-    if (nhave) issue(nu, nt_in, buf ^ 1);
-    cp_async_commit();
-
-    float s[BN / 8][4], dp[BN / 8][4];
-    zero(s);
-    zero(dp);
-    mma_abt<T, D, BN>(s, sK + warp * 16 * S, sQ + buf * BN * S, lane);
-    mma_abt<T, D, BN>(dp, sV + warp * 16 * S, sO + buf * BN * S, lane);
-    const int q0 = cu.lo + t_in * BN;
-    const bool masked = !cu.all_rows || q0 + BN > cu.hi || (a.causal && q0 < cu.di_last);
-    const float* lrow = sL + buf * BN;
-    const float* drow = sD + buf * BN;
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        int col = nt * 8 + (lane % 4) * 2 + (e & 1);
-        float l = lrow[col];
-        float p = exp2f(s[nt][e] * a.scale_log2 - l * kLog2e);
-        if (masked) {
-          int qq = q0 + col;
-          int di = e < 2 ? di0 : di1;
-          bool ok = di >= 0 && qq < cu.hi && (!a.causal || qq >= di);
-          p = ok ? p : 0.f;
+  int di0 = -1, di1 = -1, serial = -1;
+  run_tiles<ST>(
+      a, n, own, g * group, group, 1, BN, start, ring,
+      [&](const TileDesc& d, int slot) {
+        long long stride = (long long)d.r * a.h * D, first = (d.token * a.h + d.j) * D;
+        load_rows<T, D, BN, NT>(sQ + slot * BN * S, q + first, stride, d.valid, tid);
+        load_rows<T, D, BN, NT>(sO + slot * BN * S, dout + first, stride, d.valid, tid);
+        for (int c = tid; c < 2 * BN; c += NT) {
+          int row = c % BN;
+          bool ok = row < d.valid;
+          long long idx = (d.token + (long long)d.r * row) * a.h + d.j;
+          const float* src = c < BN ? a.lse_in : a.delta;
+          cp_async4((c < BN ? sL : sD) + slot * BN + row, ok ? src + idx : src, ok);
         }
-        dp[nt][e] = p * (dp[nt][e] - drow[col]);  // dS^T
-        s[nt][e] = p;                             // P^T
-      }
-    }
-    mma_pb<T, D, BN>(dv, s, sO + buf * BN * S, lane);
-    mma_pb<T, D, BN>(dk, dp, sQ + buf * BN * S, lane);
-
-    fresh = nt_in == 0;
-    cu = nu;
-    t_in = nt_in;
-    buf ^= 1;
-    have = nhave;
-  }
-  cp_async_wait_all();
-  __syncthreads();
+      },
+      [&]() {},
+      [&](const TileDesc& d, int slot) {
+        if (d.serial != serial) {
+          serial = d.serial;
+          di0 = desc_row_index(d, own, row0);
+          di1 = desc_row_index(d, own, row1);
+        }
+        float s[BN / 8][4], dp[BN / 8][4];
+        zero(s);
+        zero(dp);
+        mma_abt<T, D, BN>(s, sK + warp * 16 * S, sQ + slot * BN * S, lane);
+        mma_abt<T, D, BN>(dp, sV + warp * 16 * S, sO + slot * BN * S, lane);
+        const bool masked = !d.all_rows || d.k0 + BN > d.hi || (a.causal && d.k0 < d.di_last);
+        const float* lrow = sL + slot * BN;
+        const float* drow = sD + slot * BN;
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            int col = nt * 8 + (lane % 4) * 2 + (e & 1);
+            float p = fast_exp2(fmaf(s[nt][e], a.scale_log2, -lrow[col] * kLog2e));
+            if (masked) {
+              int qq = d.k0 + col;
+              int di = e < 2 ? di0 : di1;
+              bool ok = di >= 0 && qq < d.hi && (!a.causal || qq >= di);
+              p = ok ? p : 0.f;
+            }
+            dp[nt][e] = p * (dp[nt][e] - drow[col]);  // dS^T
+            s[nt][e] = p;                             // P^T
+          }
+        }
+        mma_pb<T, D, BN>(dv, s, sO + slot * BN * S, lane);
+        mma_pb<T, D, BN>(dk, dp, sQ + slot * BN * S, lane);
+      });
   T* dkp = static_cast<T*>(a.dk);
   T* dvp = static_cast<T*>(a.dv);
   int valid = own.nrows - warp * 16;

@@ -4,7 +4,7 @@
 // apart, tiles of d = 128 as two 64-column halves), filled by the same strided
 // cp.async loads as the portable path (each row a computed, dilated address).
 // Each warpgroup (4 warps, 64 query rows) computes S = Q K^T with
-// wgmma m64n128k16 (both operands from shared memory) and O += P V with
+// wgmma m64nBNk16 (both operands from shared memory) and O += P V with
 // wgmma m64n64k16 (P from registers, V from shared memory, transposed), so the
 // online softmax, masks and epilogue of forward_kernel are unchanged: the wgmma
 // accumulator of a warp has the mma.sync C layout.
@@ -27,15 +27,15 @@ __device__ __forceinline__ uint64_t wgmma_desc(const void* p) {
   return ((addr & 0x3FFFF) >> 4) | (1ull << 16) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
 }
 
-template <typename T>
-__device__ __forceinline__ void wgmma_ss_m64n128(float (&s)[16][4], uint64_t da, uint64_t db);
+template <int N, typename T>
+__device__ __forceinline__ void wgmma_ss(float (&s)[N / 8][4], uint64_t da, uint64_t db);
 template <typename T>
 __device__ __forceinline__ void wgmma_rs_m64n64(float (&acc)[8][4], const uint32_t* a,
                                                 uint64_t db);
 
 #ifdef DA_HAVE_WGMMA
 template <>
-__device__ __forceinline__ void wgmma_ss_m64n128<__nv_bfloat16>(float (&s)[16][4], uint64_t da, uint64_t db) {
+__device__ __forceinline__ void wgmma_ss<128, __nv_bfloat16>(float (&s)[16][4], uint64_t da, uint64_t db) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
@@ -44,11 +44,29 @@ __device__ __forceinline__ void wgmma_ss_m64n128<__nv_bfloat16>(float (&s)[16][4
 }
 
 template <>
-__device__ __forceinline__ void wgmma_ss_m64n128<__half>(float (&s)[16][4], uint64_t da, uint64_t db) {
+__device__ __forceinline__ void wgmma_ss<128, __half>(float (&s)[16][4], uint64_t da, uint64_t db) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
       : "+f"(s[0][0]), "+f"(s[0][1]), "+f"(s[0][2]), "+f"(s[0][3]), "+f"(s[1][0]), "+f"(s[1][1]), "+f"(s[1][2]), "+f"(s[1][3]), "+f"(s[2][0]), "+f"(s[2][1]), "+f"(s[2][2]), "+f"(s[2][3]), "+f"(s[3][0]), "+f"(s[3][1]), "+f"(s[3][2]), "+f"(s[3][3]), "+f"(s[4][0]), "+f"(s[4][1]), "+f"(s[4][2]), "+f"(s[4][3]), "+f"(s[5][0]), "+f"(s[5][1]), "+f"(s[5][2]), "+f"(s[5][3]), "+f"(s[6][0]), "+f"(s[6][1]), "+f"(s[6][2]), "+f"(s[6][3]), "+f"(s[7][0]), "+f"(s[7][1]), "+f"(s[7][2]), "+f"(s[7][3]), "+f"(s[8][0]), "+f"(s[8][1]), "+f"(s[8][2]), "+f"(s[8][3]), "+f"(s[9][0]), "+f"(s[9][1]), "+f"(s[9][2]), "+f"(s[9][3]), "+f"(s[10][0]), "+f"(s[10][1]), "+f"(s[10][2]), "+f"(s[10][3]), "+f"(s[11][0]), "+f"(s[11][1]), "+f"(s[11][2]), "+f"(s[11][3]), "+f"(s[12][0]), "+f"(s[12][1]), "+f"(s[12][2]), "+f"(s[12][3]), "+f"(s[13][0]), "+f"(s[13][1]), "+f"(s[13][2]), "+f"(s[13][3]), "+f"(s[14][0]), "+f"(s[14][1]), "+f"(s[14][2]), "+f"(s[14][3]), "+f"(s[15][0]), "+f"(s[15][1]), "+f"(s[15][2]), "+f"(s[15][3])
+      : "l"(da), "l"(db));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_ss<64, __nv_bfloat16>(float (&s)[8][4], uint64_t da, uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(s[0][0]), "+f"(s[0][1]), "+f"(s[0][2]), "+f"(s[0][3]), "+f"(s[1][0]), "+f"(s[1][1]), "+f"(s[1][2]), "+f"(s[1][3]), "+f"(s[2][0]), "+f"(s[2][1]), "+f"(s[2][2]), "+f"(s[2][3]), "+f"(s[3][0]), "+f"(s[3][1]), "+f"(s[3][2]), "+f"(s[3][3]), "+f"(s[4][0]), "+f"(s[4][1]), "+f"(s[4][2]), "+f"(s[4][3]), "+f"(s[5][0]), "+f"(s[5][1]), "+f"(s[5][2]), "+f"(s[5][3]), "+f"(s[6][0]), "+f"(s[6][1]), "+f"(s[6][2]), "+f"(s[6][3]), "+f"(s[7][0]), "+f"(s[7][1]), "+f"(s[7][2]), "+f"(s[7][3])
+      : "l"(da), "l"(db));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_ss<64, __half>(float (&s)[8][4], uint64_t da, uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(s[0][0]), "+f"(s[0][1]), "+f"(s[0][2]), "+f"(s[0][3]), "+f"(s[1][0]), "+f"(s[1][1]), "+f"(s[1][2]), "+f"(s[1][3]), "+f"(s[2][0]), "+f"(s[2][1]), "+f"(s[2][2]), "+f"(s[2][3]), "+f"(s[3][0]), "+f"(s[3][1]), "+f"(s[3][2]), "+f"(s[3][3]), "+f"(s[4][0]), "+f"(s[4][1]), "+f"(s[4][2]), "+f"(s[4][3]), "+f"(s[5][0]), "+f"(s[5][1]), "+f"(s[5][2]), "+f"(s[5][3]), "+f"(s[6][0]), "+f"(s[6][1]), "+f"(s[6][2]), "+f"(s[6][3]), "+f"(s[7][0]), "+f"(s[7][1]), "+f"(s[7][2]), "+f"(s[7][3])
       : "l"(da), "l"(db));
 }
 
@@ -76,7 +94,12 @@ __device__ __forceinline__ void wgmma_rs_m64n64<__half>(float (&acc)[8][4], cons
 template <typename T, int D>
 struct Sm90Mma {
   static_assert(D == 64 || D == 128, "the wgmma tiles are 64-column halves");
-  static constexpr int kBN = 128;
+  // d = 64: 64-key tiles, 4 stages, 81 KiB and <= 128 registers, so two CTAs
+  // share an SM and one's softmax overlaps the other's tensor-core work.
+  // d = 128: 128-key tiles, 3 stages, 225 KiB, one CTA per SM.
+  static constexpr int kBN = D == 64 ? 64 : 128;
+  static constexpr int kStages = D == 64 ? 4 : 3;
+  static constexpr int kMinBlocks = D == 64 ? 2 : 1;
   static constexpr int kAlign = 1024;
   static constexpr int tile_elems(int rows) { return rows * D; }
 
@@ -108,7 +131,7 @@ struct Sm90Mma {
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
-      wgmma_ss_m64n128<T>(s, wgmma_desc(q + (kk / 4) * kFwdRows * 128 + (kk % 4) * 32),
+      wgmma_ss<kBN, T>(s, wgmma_desc(q + (kk / 4) * kFwdRows * 128 + (kk % 4) * 32),
                           wgmma_desc(k + (kk / 4) * kBN * 128 + (kk % 4) * 32));
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");

@@ -2,11 +2,13 @@
 # Builds (optimized) every C/C++ test binary, the benchmark programs and the shared
 # library, and copies them, stripped, into gpu_carry/ (ignored by git): the GPU
 # machine has no Bazel, so this folder travels to it and scripts/gpu_run.sh runs
-# there. Usage: scripts/gpu_bundle.sh
+# there. Every test links the CUDA kernels statically (~6 MB each), and the device
+# tool carries at most 64 MiB, so a regular expression picks the tests (default:
+# all). Usage: scripts/gpu_bundle.sh [test-label-regex]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=gpu_carry
-tests=$(bazel query 'kind(cc_test, //tests/...)' 2>/dev/null)
+tests=$(bazel query 'kind(cc_test, //tests/...)' 2>/dev/null | grep -E "${1:-.}")
 tools=$(bazel query 'kind(cc_binary, //tools/...)' 2>/dev/null)
 bazel build -c opt //:libdilated_attention.so $tests $tools
 rm -rf "$out"

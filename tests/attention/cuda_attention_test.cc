@@ -680,7 +680,8 @@ da_status Backward(const Config& c, da_dtype dtype, const PassArgs& a) {
 TEST(CudaAttentionSmall, UnsupportedHeadDimsAndDtypes) {
   REQUIRE_GPU();
   for (int d : {32, 64, 96, 128}) {
-    const da_attention_params params = Chosen({64}, {1}, 128, 2, d).Params();
+    const Config c = Chosen({64}, {1}, 128, 2, d);  // owns the lists params borrows
+    const da_attention_params params = c.Params();
     for (da_dtype dtype : kDtypes)
       EXPECT_EQ(da_attention_cuda_supported(&params, dtype), DA_STATUS_SUCCESS)
           << "d=" << d << " " << da_dtype_name(dtype) << ": " << da_last_error();
