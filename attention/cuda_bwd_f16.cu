@@ -1,5 +1,6 @@
 // Backward kernels (delta, dK/dV, dQ) for f16 inputs.
 #include "attention/cuda_kernels.cuh"
+#include "attention/cuda_sm90.cuh"
 
 namespace da_cuda {
 

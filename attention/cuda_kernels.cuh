@@ -491,12 +491,16 @@ struct SyncMma {
     load_rows<T, D, ROWS, NT>(tile, base, stride, valid, tid);
   }
   __device__ static void loaded() {}
-  __device__ static void qk(float (&s)[kBN / 8][4], const T* sQ, const T* sK, int warp, int lane) {
-    mma_abt<T, D, kBN>(s, sQ + warp * 16 * (D + 8), sK, lane);
+  // s[16 x N] (this warp's rows of A) = A B^T; A an AROWS-row tile, B N rows.
+  template <int AROWS, int N>
+  __device__ static void qk(float (&s)[N / 8][4], const T* sA, const T* sB, int warp, int lane) {
+    mma_abt<T, D, N>(s, sA + warp * 16 * (D + 8), sB, lane);
   }
-  __device__ static void pv(float (&acc)[D / 8][4], float (&p)[kBN / 8][4], const T* sV, int warp,
+  // acc[16 x D] += P B; P (16 x KROWS) in registers, B a KROWS-row tile.
+  template <int KROWS>
+  __device__ static void pv(float (&acc)[D / 8][4], float (&p)[KROWS / 8][4], const T* sB, int,
                             int lane) {
-    mma_pb<T, D, kBN>(acc, p, sV, lane);
+    mma_pb<T, D, KROWS>(acc, p, sB, lane);
   }
 };
 
@@ -560,7 +564,7 @@ __global__ void __launch_bounds__(kFwdRows * 2, Mm::kMinBlocks)
         }
         float s[BN / 8][4];
         zero(s);
-        Mm::qk(s, sQ, sK + slot * Mm::tile_elems(BN), warp, lane);
+        Mm::template qk<BM, BN>(s, sQ, sK + slot * Mm::tile_elems(BN), warp, lane);
         const bool masked =
             !d.all_rows || d.k0 + BN > d.hi || (a.causal && d.k0 + BN - 1 > d.di_first);
         // Raw scores (masked ones -inf); the scale is folded into the exponent's
@@ -602,7 +606,7 @@ __global__ void __launch_bounds__(kFwdRows * 2, Mm::kMinBlocks)
             acc[dt][2 * rr + 1] *= alpha;
           }
         }
-        Mm::pv(acc, s, sV + slot * Mm::tile_elems(BN), warp, lane);
+        Mm::template pv<BN>(acc, s, sV + slot * Mm::tile_elems(BN), warp, lane);
       });
 
   float inv[2], lse[2];
@@ -652,24 +656,34 @@ constexpr int backward_stages() {
   return D <= 64 ? 3 : 2;
 }
 
-template <typename T, int D>
+// Own tiles (2 x kBwdRows rows), the other side's ring (ST x 2 tiles of
+// kOtherRows rows), lse/delta rows (dK/dV), alignment. The epilogue stages its
+// outputs (16 x (D + 8) per warp, twice for dK/dV) in the ring.
+template <typename T, int D, class Mm>
 constexpr int backward_smem_bytes() {
-  return (2 * kBwdRows + 2 * backward_stages<D>() * kOtherRows) * (D + 8) * (int)sizeof(T) +
-         2 * backward_stages<D>() * kOtherRows * 4;
+  return (2 * Mm::tile_elems(kBwdRows) + 2 * backward_stages<D>() * Mm::tile_elems(kOtherRows)) *
+             (int)sizeof(T) +
+         2 * backward_stages<D>() * kOtherRows * 4 + Mm::kAlign;
+}
+
+template <class Mm>
+__device__ __forceinline__ unsigned char* aligned_smem(unsigned char* raw) {
+  return reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(raw) + Mm::kAlign - 1) &
+                                          ~(uintptr_t)(Mm::kAlign - 1));
 }
 
 // dQ: the CTA owns query rows of head j, streams dilated K/V tiles.
-template <typename T, int D>
+template <typename T, int D, class Mm>
 __global__ void __launch_bounds__(kBwdRows * 2)
     dq_kernel(const __grid_constant__ KernelArgs a, int tiles_per_seq) {
   constexpr int BM = kBwdRows, BN = kOtherRows, S = D + 8, NT = BM * 2;
   constexpr int ST = backward_stages<D>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ TileDesc ring[ST];
-  T* sQ = reinterpret_cast<T*>(smem_raw);
-  T* sO = sQ + BM * S;  // dout rows
-  T* sK = sO + BM * S;  // ST buffers
-  T* sV = sK + ST * BN * S;
+  T* sQ = reinterpret_cast<T*>(aligned_smem<Mm>(smem_raw));
+  T* sO = sQ + Mm::tile_elems(BM);  // dout rows
+  T* sK = sO + Mm::tile_elems(BM);  // ST buffers
+  T* sV = sK + ST * Mm::tile_elems(BN);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int seq = blockIdx.x / tiles_per_seq, tile = blockIdx.x % tiles_per_seq;
   const int j = blockIdx.y;
@@ -684,8 +698,9 @@ __global__ void __launch_bounds__(kBwdRows * 2)
   const T* v = static_cast<const T*>(a.v);
   const long long q_stride = (long long)own.L * a.h * D;
   const long long q_first = ((start + own.p0) * a.h + j) * D;
-  load_rows<T, D, BM, NT>(sQ, static_cast<const T*>(a.q) + q_first, q_stride, own.nrows, tid);
-  load_rows<T, D, BM, NT>(sO, static_cast<const T*>(a.dout) + q_first, q_stride, own.nrows, tid);
+  Mm::template load<BM, NT>(sQ, static_cast<const T*>(a.q) + q_first, q_stride, own.nrows, tid);
+  Mm::template load<BM, NT>(sO, static_cast<const T*>(a.dout) + q_first, q_stride, own.nrows,
+                            tid);
 
   const int row0 = warp * 16 + lane / 4, row1 = row0 + 8;
   float lse2[2], dlt[2];
@@ -707,21 +722,22 @@ __global__ void __launch_bounds__(kBwdRows * 2)
       a, n, own, j, 1, 0, BN, start, ring,
       [&](const TileDesc& d, int slot) {
         long long stride = (long long)d.r * a.h_kv * D, first = (d.token * a.h_kv + gkv) * D;
-        load_rows<T, D, BN, NT>(sK + slot * BN * S, k + first, stride, d.valid, tid);
-        load_rows<T, D, BN, NT>(sV + slot * BN * S, v + first, stride, d.valid, tid);
+        Mm::template load<BN, NT>(sK + slot * Mm::tile_elems(BN), k + first, stride, d.valid, tid);
+        Mm::template load<BN, NT>(sV + slot * Mm::tile_elems(BN), v + first, stride, d.valid, tid);
       },
-      [&]() {},
+      [&]() { Mm::loaded(); },
       [&](const TileDesc& d, int slot) {
         if (d.serial != serial) {
           serial = d.serial;
           di0 = desc_row_index(d, own, row0);
           di1 = desc_row_index(d, own, row1);
         }
+        const T* tK = sK + slot * Mm::tile_elems(BN);
         float s[BN / 8][4], dp[BN / 8][4];
         zero(s);
         zero(dp);
-        mma_abt<T, D, BN>(s, sQ + warp * 16 * S, sK + slot * BN * S, lane);
-        mma_abt<T, D, BN>(dp, sO + warp * 16 * S, sV + slot * BN * S, lane);
+        Mm::template qk<BM, BN>(s, sQ, tK, warp, lane);
+        Mm::template qk<BM, BN>(dp, sO, sV + slot * Mm::tile_elems(BN), warp, lane);
         const bool masked =
             !d.all_rows || d.k0 + BN > d.hi || (a.causal && d.k0 + BN - 1 > d.di_first);
 #pragma unroll
@@ -739,29 +755,29 @@ __global__ void __launch_bounds__(kBwdRows * 2)
             s[nt][e] = p * (dp[nt][e] - dlt[rr]);  // dS
           }
         }
-        mma_pb<T, D, BN>(acc, s, sK + slot * BN * S, lane);
+        Mm::template pv<BN>(acc, s, tK, warp, lane);
       });
   T* dq = static_cast<T*>(a.dq);
-  store_rows<T, D>(acc, a.scale, a.scale, sQ + warp * 16 * S,
+  store_rows<T, D>(acc, a.scale, a.scale, sK + warp * 16 * S,
                    dq + q_first + (long long)warp * 16 * q_stride, q_stride, own.nrows - warp * 16,
                    lane);
 }
 
 // dK, dV: the CTA owns key rows of kv head g, streams the dilated query tiles
 // (q, dout, lse, delta) of every query head sharing g.
-template <typename T, int D>
+template <typename T, int D, class Mm>
 __global__ void __launch_bounds__(kBwdRows * 2)
     dkdv_kernel(const __grid_constant__ KernelArgs a, int tiles_per_seq) {
   constexpr int BM = kBwdRows, BN = kOtherRows, S = D + 8, NT = BM * 2;
   constexpr int ST = backward_stages<D>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ TileDesc ring[ST];
-  T* sK = reinterpret_cast<T*>(smem_raw);
-  T* sV = sK + BM * S;
-  T* sQ = sV + BM * S;  // ST buffers of BN rows
-  T* sO = sQ + ST * BN * S;
-  float* sL = reinterpret_cast<float*>(sO + ST * BN * S);  // ST x BN lse
-  float* sD = sL + ST * BN;                                 // ST x BN delta
+  T* sK = reinterpret_cast<T*>(aligned_smem<Mm>(smem_raw));
+  T* sV = sK + Mm::tile_elems(BM);
+  T* sQ = sV + Mm::tile_elems(BM);  // ST buffers of BN rows
+  T* sO = sQ + ST * Mm::tile_elems(BN);
+  float* sL = reinterpret_cast<float*>(sO + ST * Mm::tile_elems(BN));  // ST x BN lse
+  float* sD = sL + ST * BN;                                            // ST x BN delta
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int seq = blockIdx.x / tiles_per_seq, tile = blockIdx.x % tiles_per_seq;
   const int g = blockIdx.y;
@@ -776,8 +792,8 @@ __global__ void __launch_bounds__(kBwdRows * 2)
   const T* dout = static_cast<const T*>(a.dout);
   const long long k_stride = (long long)own.L * a.h_kv * D;
   const long long k_first = ((start + own.p0) * a.h_kv + g) * D;
-  load_rows<T, D, BM, NT>(sK, static_cast<const T*>(a.k) + k_first, k_stride, own.nrows, tid);
-  load_rows<T, D, BM, NT>(sV, static_cast<const T*>(a.v) + k_first, k_stride, own.nrows, tid);
+  Mm::template load<BM, NT>(sK, static_cast<const T*>(a.k) + k_first, k_stride, own.nrows, tid);
+  Mm::template load<BM, NT>(sV, static_cast<const T*>(a.v) + k_first, k_stride, own.nrows, tid);
 
   const int row0 = warp * 16 + lane / 4, row1 = row0 + 8;
   float dk[D / 8][4], dv[D / 8][4];
@@ -788,8 +804,9 @@ __global__ void __launch_bounds__(kBwdRows * 2)
       a, n, own, g * group, group, 1, BN, start, ring,
       [&](const TileDesc& d, int slot) {
         long long stride = (long long)d.r * a.h * D, first = (d.token * a.h + d.j) * D;
-        load_rows<T, D, BN, NT>(sQ + slot * BN * S, q + first, stride, d.valid, tid);
-        load_rows<T, D, BN, NT>(sO + slot * BN * S, dout + first, stride, d.valid, tid);
+        Mm::template load<BN, NT>(sQ + slot * Mm::tile_elems(BN), q + first, stride, d.valid, tid);
+        Mm::template load<BN, NT>(sO + slot * Mm::tile_elems(BN), dout + first, stride, d.valid,
+                                  tid);
         for (int c = tid; c < 2 * BN; c += NT) {
           int row = c % BN;
           bool ok = row < d.valid;
@@ -798,18 +815,20 @@ __global__ void __launch_bounds__(kBwdRows * 2)
           cp_async4((c < BN ? sL : sD) + slot * BN + row, ok ? src + idx : src, ok);
         }
       },
-      [&]() {},
+      [&]() { Mm::loaded(); },
       [&](const TileDesc& d, int slot) {
         if (d.serial != serial) {
           serial = d.serial;
           di0 = desc_row_index(d, own, row0);
           di1 = desc_row_index(d, own, row1);
         }
+        const T* tQ = sQ + slot * Mm::tile_elems(BN);
+        const T* tO = sO + slot * Mm::tile_elems(BN);
         float s[BN / 8][4], dp[BN / 8][4];
         zero(s);
         zero(dp);
-        mma_abt<T, D, BN>(s, sK + warp * 16 * S, sQ + slot * BN * S, lane);
-        mma_abt<T, D, BN>(dp, sV + warp * 16 * S, sO + slot * BN * S, lane);
+        Mm::template qk<BM, BN>(s, sK, tQ, warp, lane);
+        Mm::template qk<BM, BN>(dp, sV, tO, warp, lane);
         const bool masked = !d.all_rows || d.k0 + BN > d.hi || (a.causal && d.k0 < d.di_last);
         const float* lrow = sL + slot * BN;
         const float* drow = sD + slot * BN;
@@ -829,15 +848,16 @@ __global__ void __launch_bounds__(kBwdRows * 2)
             s[nt][e] = p;                             // P^T
           }
         }
-        mma_pb<T, D, BN>(dv, s, sO + slot * BN * S, lane);
-        mma_pb<T, D, BN>(dk, dp, sQ + slot * BN * S, lane);
+        Mm::template pv<BN>(dv, s, tO, warp, lane);
+        Mm::template pv<BN>(dk, dp, tQ, warp, lane);
       });
   T* dkp = static_cast<T*>(a.dk);
   T* dvp = static_cast<T*>(a.dv);
   int valid = own.nrows - warp * 16;
   long long off = k_first + (long long)warp * 16 * k_stride;
-  store_rows<T, D>(dk, a.scale, a.scale, sK + warp * 16 * S, dkp + off, k_stride, valid, lane);
-  store_rows<T, D>(dv, 1.f, 1.f, sV + warp * 16 * S, dvp + off, k_stride, valid, lane);
+  // Staged through the (now idle) query ring: 16 x (D + 8) per warp, each output.
+  store_rows<T, D>(dk, a.scale, a.scale, sQ + warp * 16 * S, dkp + off, k_stride, valid, lane);
+  store_rows<T, D>(dv, 1.f, 1.f, sQ + (BM + warp * 16) * S, dvp + off, k_stride, valid, lane);
 }
 
 // --------------------------------------------------------------- launches ----
@@ -874,25 +894,33 @@ cudaError_t launch_forward(const KernelArgs& a, cudaStream_t stream) {
   return launch_forward_with<T, D, SyncMma<T, D>>(a, stream);
 }
 
-template <typename T, int D>
-cudaError_t launch_backward(const KernelArgs& a, cudaStream_t stream) {
-  constexpr int smem = backward_smem_bytes<T, D>();
-  cudaError_t attr1 = cudaFuncSetAttribute(dq_kernel<T, D>,
+template <typename T, int D, class Mm>
+cudaError_t launch_backward_with(const KernelArgs& a, cudaStream_t stream) {
+  constexpr int smem = backward_smem_bytes<T, D, Mm>();
+  cudaError_t attr1 = cudaFuncSetAttribute(dq_kernel<T, D, Mm>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (attr1 != cudaSuccess) return attr1;
-  cudaError_t attr2 = cudaFuncSetAttribute(dkdv_kernel<T, D>,
+  cudaError_t attr2 = cudaFuncSetAttribute(dkdv_kernel<T, D, Mm>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (attr2 != cudaSuccess) return attr2;
   int tq = max_tiles(a, kBwdRows, false), tk = max_tiles(a, kBwdRows, true);
   if (tk > 0)
-    dkdv_kernel<T, D><<<dim3((unsigned)((long long)tk * a.batch), (unsigned)a.h_kv),
-                        kBwdRows * 2, smem, stream>>>(a, tk);
+    dkdv_kernel<T, D, Mm><<<dim3((unsigned)((long long)tk * a.batch), (unsigned)a.h_kv),
+                            kBwdRows * 2, smem, stream>>>(a, tk);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
   if (tq > 0)
-    dq_kernel<T, D><<<dim3((unsigned)((long long)tq * a.batch), (unsigned)a.h), kBwdRows * 2,
-                      smem, stream>>>(a, tq);
+    dq_kernel<T, D, Mm><<<dim3((unsigned)((long long)tq * a.batch), (unsigned)a.h),
+                          kBwdRows * 2, smem, stream>>>(a, tq);
   return cudaGetLastError();
+}
+
+template <typename T, int D>
+cudaError_t launch_backward(const KernelArgs& a, cudaStream_t stream) {
+  if constexpr (D == 64 || D == 128) {
+    if (a.use_wgmma) return launch_backward_with<T, D, Sm90Mma<T, D>>(a, stream);
+  }
+  return launch_backward_with<T, D, SyncMma<T, D>>(a, stream);
 }
 
 template <typename T, int D>

@@ -124,30 +124,36 @@ struct Sm90Mma {
 #endif
   }
 
-  __device__ static void qk(float (&s)[kBN / 8][4], const T* sQ, const T* sK, int warp, int) {
+  // s[64 x N] (this warpgroup's rows of A) = A B^T: A an AROWS-row tile, B an
+  // N-row tile, both K-major (d contiguous).
+  template <int AROWS, int N>
+  __device__ static void qk(float (&s)[N / 8][4], const T* sA, const T* sB, int warp, int) {
 #ifdef DA_HAVE_WGMMA
-    const char* q = reinterpret_cast<const char*>(sQ) + (warp / 4) * 64 * 128;
-    const char* k = reinterpret_cast<const char*>(sK);
+    const char* q = reinterpret_cast<const char*>(sA) + (warp / 4) * 64 * 128;
+    const char* k = reinterpret_cast<const char*>(sB);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
-      wgmma_ss<kBN, T>(s, wgmma_desc(q + (kk / 4) * kFwdRows * 128 + (kk % 4) * 32),
-                          wgmma_desc(k + (kk / 4) * kBN * 128 + (kk % 4) * 32));
+      wgmma_ss<N, T>(s, wgmma_desc(q + (kk / 4) * AROWS * 128 + (kk % 4) * 32),
+                     wgmma_desc(k + (kk / 4) * N * 128 + (kk % 4) * 32));
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #else
-    (void)s, (void)sQ, (void)sK, (void)warp;
+    (void)s, (void)sA, (void)sB, (void)warp;
     __trap();
 #endif
   }
 
-  __device__ static void pv(float (&acc)[D / 8][4], float (&p)[kBN / 8][4], const T* sV, int,
+  // acc[64 x D] += P B: P (64 x KROWS) in registers (C layout), B a KROWS-row tile
+  // read transposed (MN-major, d contiguous).
+  template <int KROWS>
+  __device__ static void pv(float (&acc)[D / 8][4], float (&p)[KROWS / 8][4], const T* sV, int,
                             int) {
 #ifdef DA_HAVE_WGMMA
     const char* v = reinterpret_cast<const char*>(sV);
-    uint32_t af[kBN / 16][4];
+    uint32_t af[KROWS / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
+    for (int kk = 0; kk < KROWS / 16; ++kk) {
       af[kk][0] = pack2<T>(p[2 * kk][0], p[2 * kk][1]);
       af[kk][1] = pack2<T>(p[2 * kk][2], p[2 * kk][3]);
       af[kk][2] = pack2<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]);
@@ -155,11 +161,11 @@ struct Sm90Mma {
     }
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk)
+    for (int kk = 0; kk < KROWS / 16; ++kk)
 #pragma unroll
       for (int half = 0; half < D / 64; ++half)
         wgmma_rs_m64n64<T>(*reinterpret_cast<float(*)[8][4]>(&acc[half * 8]), af[kk],
-                           wgmma_desc(v + half * kBN * 128 + kk * 16 * 128));
+                           wgmma_desc(v + half * KROWS * 128 + kk * 16 * 128));
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #else
