@@ -672,9 +672,10 @@ __device__ __forceinline__ unsigned char* aligned_smem(unsigned char* raw) {
                                           ~(uintptr_t)(Mm::kAlign - 1));
 }
 
-// dQ: the CTA owns query rows of head j, streams dilated K/V tiles.
+// dQ: the CTA owns query rows of head j, streams dilated K/V tiles. At d <= 64
+// three CTAs fit an SM (shared memory allows it; the bound keeps registers <= 170).
 template <typename T, int D, class Mm>
-__global__ void __launch_bounds__(kBwdRows * 2)
+__global__ void __launch_bounds__(kBwdRows * 2, D <= 64 ? 3 : 1)
     dq_kernel(const __grid_constant__ KernelArgs a, int tiles_per_seq) {
   constexpr int BM = kBwdRows, BN = kOtherRows, S = D + 8, NT = BM * 2;
   constexpr int ST = backward_stages<D>();
