@@ -476,6 +476,24 @@ __device__ __forceinline__ void run_tiles(const KernelArgs& a, int n, const OwnR
 
 // -------------------------------------------------------------- forward -----
 
+template <class Mm>
+__device__ __forceinline__ unsigned char* aligned_smem(unsigned char* raw) {
+  return reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(raw) + Mm::kAlign - 1) &
+                                          ~(uintptr_t)(Mm::kAlign - 1));
+}
+
+// The sequence and the rows of this CTA (blockIdx.x = sequence * tiles_per_seq +
+// tile) for heads [head_first, head_first + count); false when the tile lies past
+// its sequence's end.
+__device__ __forceinline__ bool cta_rows(const KernelArgs& a, int tiles_per_seq, int head_first,
+                                         int count, int rows, long long* start, int* n,
+                                         OwnRows* own) {
+  sequence_of(a, blockIdx.x / tiles_per_seq, start, n);
+  return own_rows(row_geometry(a, head_first, count, rows), rows, *n, blockIdx.x % tiles_per_seq,
+                  own);
+}
+
+
 // How the forward kernel multiplies: tiles in shared memory (layout, loads) and
 // the two products of a warp's 16 rows, S = Q K^T and O += P V. SyncMma is the
 // portable mma.sync path; Sm90Mma (cuda_sm90.cuh) uses wgmma.
@@ -523,19 +541,15 @@ __global__ void __launch_bounds__(kFwdRows * 2, Mm::kMinBlocks)
   constexpr int BM = kFwdRows, BN = Mm::kBN, S = D + 8, NT = BM * 2, ST = Mm::kStages;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ TileDesc ring[ST];
-  T* sQ = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(smem_raw) + Mm::kAlign - 1) &
-                               ~(uintptr_t)(Mm::kAlign - 1));
+  T* sQ = reinterpret_cast<T*>(aligned_smem<Mm>(smem_raw));
   T* sK = sQ + Mm::tile_elems(BM);  // ST buffers of BN rows
   T* sV = sK + ST * Mm::tile_elems(BN);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int seq = blockIdx.x / tiles_per_seq, tile = blockIdx.x % tiles_per_seq;
   const int j = blockIdx.y;
   long long start;
   int n;
-  sequence_of(a, seq, &start, &n);
-  RowGeometry geo = row_geometry(a, j, 1, BM);
   OwnRows own;
-  if (!own_rows(geo, BM, n, tile, &own)) return;
+  if (!cta_rows(a, tiles_per_seq, j, 1, BM, &start, &n, &own)) return;
   const int gkv = j / (a.h / a.h_kv);
   const T* k = static_cast<const T*>(a.k);
   const T* v = static_cast<const T*>(a.v);
@@ -666,12 +680,6 @@ constexpr int backward_smem_bytes() {
          2 * backward_stages<D>() * kOtherRows * 4 + Mm::kAlign;
 }
 
-template <class Mm>
-__device__ __forceinline__ unsigned char* aligned_smem(unsigned char* raw) {
-  return reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(raw) + Mm::kAlign - 1) &
-                                          ~(uintptr_t)(Mm::kAlign - 1));
-}
-
 // dQ: the CTA owns query rows of head j, streams dilated K/V tiles. At d <= 64
 // three CTAs fit an SM (shared memory allows it; the bound keeps registers <= 170).
 template <typename T, int D, class Mm>
@@ -686,14 +694,11 @@ __global__ void __launch_bounds__(kBwdRows * 2, D <= 64 ? 3 : 1)
   T* sK = sO + Mm::tile_elems(BM);  // ST buffers
   T* sV = sK + ST * Mm::tile_elems(BN);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int seq = blockIdx.x / tiles_per_seq, tile = blockIdx.x % tiles_per_seq;
   const int j = blockIdx.y;
   long long start;
   int n;
-  sequence_of(a, seq, &start, &n);
-  RowGeometry geo = row_geometry(a, j, 1, BM);
   OwnRows own;
-  if (!own_rows(geo, BM, n, tile, &own)) return;
+  if (!cta_rows(a, tiles_per_seq, j, 1, BM, &start, &n, &own)) return;
   const int gkv = j / (a.h / a.h_kv);
   const T* k = static_cast<const T*>(a.k);
   const T* v = static_cast<const T*>(a.v);
@@ -780,15 +785,12 @@ __global__ void __launch_bounds__(kBwdRows * 2)
   float* sL = reinterpret_cast<float*>(sO + ST * Mm::tile_elems(BN));  // ST x BN lse
   float* sD = sL + ST * BN;                                            // ST x BN delta
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int seq = blockIdx.x / tiles_per_seq, tile = blockIdx.x % tiles_per_seq;
   const int g = blockIdx.y;
   const int group = a.h / a.h_kv;
   long long start;
   int n;
-  sequence_of(a, seq, &start, &n);
-  RowGeometry geo = row_geometry(a, g * group, group, BM);
   OwnRows own;
-  if (!own_rows(geo, BM, n, tile, &own)) return;
+  if (!cta_rows(a, tiles_per_seq, g * group, group, BM, &start, &n, &own)) return;
   const T* q = static_cast<const T*>(a.q);
   const T* dout = static_cast<const T*>(a.dout);
   const long long k_stride = (long long)own.L * a.h_kv * D;

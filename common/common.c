@@ -1,5 +1,7 @@
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "common/da_common.h"
 #include "common/error.h"
@@ -62,4 +64,79 @@ const char* da_dtype_name(da_dtype dtype) {
 
 const char* da_version_string(void) {
   return DA_STR(DA_VERSION_MAJOR) "." DA_STR(DA_VERSION_MINOR) "." DA_STR(DA_VERSION_PATCH);
+}
+
+static uint16_t f32_to_bf16(float f) {
+  uint32_t x;
+  memcpy(&x, &f, sizeof x);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u); /* quiet NaN */
+  x += 0x7fffu + ((x >> 16) & 1u); /* round to nearest even; carries into the exponent */
+  return (uint16_t)(x >> 16);
+}
+
+static uint16_t f32_to_f16(float f) {
+  uint32_t x;
+  memcpy(&x, &f, sizeof x);
+  uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+  uint32_t ax = x & 0x7fffffffu;
+  if (ax > 0x7f800000u) return sign | 0x7e00u;  /* NaN */
+  if (ax >= 0x477ff000u) return sign | 0x7c00u; /* >= 65520 rounds to inf */
+  if (ax < 0x38800000u) {                        /* below 2^-14: subnormal or zero */
+    float a;
+    memcpy(&a, &ax, sizeof a);
+    return sign | (uint16_t)lrintf(a * 16777216.0f); /* exact scaling, rint is RNE */
+  }
+  uint32_t h = (((ax >> 23) - 112u) << 10) | ((ax & 0x7fffffu) >> 13);
+  uint32_t rest = ax & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;
+  return sign | (uint16_t)h;
+}
+
+static float f16_to_f32(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  uint32_t x;
+  if (e == 0) {
+    float f = ldexpf((float)m, -24);
+    memcpy(&x, &f, sizeof x);
+    x |= sign;
+  } else if (e == 31) {
+    x = sign | 0x7f800000u | (m << 13);
+  } else {
+    x = sign | ((e + 112u) << 23) | (m << 13);
+  }
+  float f;
+  memcpy(&f, &x, sizeof f);
+  return f;
+}
+
+static da_status check_convert(da_dtype type, const void* src, const void* dst, size_t count) {
+  if (type != DA_DTYPE_F16 && type != DA_DTYPE_BF16)
+    return da_error_set(DA_STATUS_INVALID_ARGUMENT,
+                        "dtype=%s: the conversions take f16 or bf16", da_dtype_name(type));
+  if (count > 0 && (src == NULL || dst == NULL))
+    return da_error_set(DA_STATUS_INVALID_ARGUMENT, "%s must not be NULL (count=%zu)",
+                        src == NULL ? "src" : "dst", count);
+  return DA_STATUS_SUCCESS;
+}
+
+da_status da_convert_from_f32(da_dtype dst_type, const float* src, uint16_t* dst, size_t count) {
+  da_status st = check_convert(dst_type, src, dst, count);
+  if (st != DA_STATUS_SUCCESS) return st;
+  for (size_t i = 0; i < count; i++)
+    dst[i] = dst_type == DA_DTYPE_BF16 ? f32_to_bf16(src[i]) : f32_to_f16(src[i]);
+  return DA_STATUS_SUCCESS;
+}
+
+da_status da_convert_to_f32(da_dtype src_type, const uint16_t* src, float* dst, size_t count) {
+  da_status st = check_convert(src_type, src, dst, count);
+  if (st != DA_STATUS_SUCCESS) return st;
+  for (size_t i = 0; i < count; i++) {
+    if (src_type == DA_DTYPE_BF16) {
+      uint32_t x = (uint32_t)src[i] << 16;
+      memcpy(&dst[i], &x, sizeof x);
+    } else {
+      dst[i] = f16_to_f32(src[i]);
+    }
+  }
+  return DA_STATUS_SUCCESS;
 }

@@ -4,6 +4,7 @@
 #define DA_COMMON_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -55,6 +56,15 @@ DA_API size_t da_dtype_size(da_dtype dtype);
 
 /* Lower-case name ("f32", "bf16", ...), "unknown" for an unknown value. */
 DA_API const char* da_dtype_name(da_dtype dtype);
+
+/* Host conversions between float32 and the 16-bit types the CUDA passes take
+ * (DA_DTYPE_F16, DA_DTYPE_BF16), IEEE round to nearest even (as cuda_fp16.h /
+ * cuda_bf16.h do); overflow gives inf, NaN stays NaN. dst and src may not overlap.
+ * DA_STATUS_INVALID_ARGUMENT for another dtype or NULL with count > 0. */
+DA_API da_status da_convert_from_f32(da_dtype dst_type, const float* src, uint16_t* dst,
+                                     size_t count);
+DA_API da_status da_convert_to_f32(da_dtype src_type, const uint16_t* src, float* dst,
+                                   size_t count);
 
 /* "MAJOR.MINOR.PATCH" of the library actually loaded. */
 DA_API const char* da_version_string(void);

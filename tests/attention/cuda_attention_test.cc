@@ -14,8 +14,6 @@
 // Every GPU case skips, saying why, without a GPU. The CudaAttentionSmall cases
 // (sequences of <= 300 tokens, a few configs) are the compute-sanitizer subset:
 // --gtest_filter=*Small*. Iteration counts scale with DA_TEST_SCALE.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdint.h>
@@ -69,30 +67,10 @@ bool CudaOk(cudaError_t error, const char* what) {
   return false;
 }
 
-// 16-bit encodings, rounded to nearest even by the CUDA headers' host paths.
-uint16_t Encode(float x, da_dtype dtype) {
-  if (dtype == DA_DTYPE_BF16) {
-    const __nv_bfloat16_raw raw = __float2bfloat16_rn(x);
-    return raw.x;
-  }
-  const __half_raw raw = __float2half_rn(x);
-  return raw.x;
-}
-
-float Decode(uint16_t bits, da_dtype dtype) {
-  if (dtype == DA_DTYPE_BF16) {
-    __nv_bfloat16_raw raw;
-    raw.x = bits;
-    return __bfloat162float(__nv_bfloat16(raw));
-  }
-  __half_raw raw;
-  raw.x = bits;
-  return __half2float(__half(raw));
-}
-
+// 16-bit conversions (round to nearest even) come from the library itself.
 std::vector<float> Decode(const std::vector<uint16_t>& bits, da_dtype dtype) {
   std::vector<float> x(bits.size());
-  for (size_t i = 0; i < bits.size(); i++) x[i] = Decode(bits[i], dtype);
+  EXPECT_EQ(da_convert_to_f32(dtype, bits.data(), x.data(), x.size()), DA_STATUS_SUCCESS);
   return x;
 }
 
@@ -100,10 +78,8 @@ std::vector<float> Decode(const std::vector<uint16_t>& bits, da_dtype dtype) {
 // returns the encodings.
 std::vector<uint16_t> RoundInPlace(std::vector<float>& x, da_dtype dtype) {
   std::vector<uint16_t> bits(x.size());
-  for (size_t i = 0; i < x.size(); i++) {
-    bits[i] = Encode(x[i], dtype);
-    x[i] = Decode(bits[i], dtype);
-  }
+  EXPECT_EQ(da_convert_from_f32(dtype, x.data(), bits.data(), x.size()), DA_STATUS_SUCCESS);
+  x = Decode(bits, dtype);
   return bits;
 }
 

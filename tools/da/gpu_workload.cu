@@ -1,7 +1,5 @@
 // The `da` command's GPU tensors and timing (gpu.h). Host code only; nvcc
 // compiles it for the CUDA headers' host conversions to bf16 and fp16.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -21,26 +19,6 @@ constexpr size_t kChunkElements = size_t{1} << 20;
 da_status cuda_fail(cudaError_t e, const char* what) {
   return cli_gpu_fail(DA_STATUS_CUDA_ERROR, "%s failed: %s (%s)", what, cudaGetErrorName(e),
                       cudaGetErrorString(e));
-}
-
-uint16_t encode(float x, da_dtype dtype) {
-  if (dtype == DA_DTYPE_BF16) {
-    const __nv_bfloat16_raw raw = __float2bfloat16_rn(x);
-    return raw.x;
-  }
-  const __half_raw raw = __float2half_rn(x);
-  return raw.x;
-}
-
-float decode(uint16_t bits, da_dtype dtype) {
-  if (dtype == DA_DTYPE_BF16) {
-    __nv_bfloat16_raw raw;
-    raw.x = bits;
-    return __bfloat162float(__nv_bfloat16(raw));
-  }
-  __half_raw raw;
-  raw.x = bits;
-  return __half2float(__half(raw));
 }
 
 da_status device_alloc(void** ptr, size_t bytes, size_t* total, const char* name) {
@@ -63,7 +41,8 @@ da_status upload_random(void* device, size_t count, da_dtype dtype, cli_fill_fn 
   for (size_t done = 0; done < count; done += kChunkElements) {
     const size_t n = count - done < kChunkElements ? count - done : kChunkElements;
     fill(staging, n, state);
-    for (size_t i = 0; i < n; ++i) encoded[i] = encode(staging[i], dtype);
+    da_status st = da_convert_from_f32(dtype, staging, encoded, n);
+    if (st != DA_STATUS_SUCCESS) return st;
     cudaError_t e = cudaMemcpy(static_cast<uint16_t*>(device) + done, encoded,
                                n * sizeof(uint16_t), cudaMemcpyHostToDevice);
     if (e != cudaSuccess) return cuda_fail(e, "cudaMemcpy of an input");
@@ -220,7 +199,7 @@ da_status cli_gpu_copy_to_host(const void* device, da_dtype dtype, size_t count,
       st = cuda_fail(e, "cudaMemcpy to the host");
       break;
     }
-    for (size_t i = 0; i < n; ++i) host[done + i] = decode(encoded[i], dtype);
+    st = da_convert_to_f32(dtype, encoded, host + done, n);
   }
   free(encoded);
   return st;
