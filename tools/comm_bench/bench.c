@@ -33,7 +33,7 @@ void bench_fill_gradient(float* x, size_t n, unsigned long long seed) {
   }
 }
 
-static const char* size_label(size_t bytes, char* buf, size_t len) {
+const char* bench_size_label(size_t bytes, char* buf, size_t len) {
   if (bytes >= (MIB << 10) && bytes % (MIB << 10) == 0)
     snprintf(buf, len, "%zu GiB", bytes / (MIB << 10));
   else
@@ -43,19 +43,24 @@ static const char* size_label(size_t bytes, char* buf, size_t len) {
 
 /* --- Collectives --------------------------------------------------------------------- */
 
-/* A model of `bytes` of float32 gradients: a repeating pattern of layer-like tensors
- * (a 4 MiB weight, a 4 KiB bias, a 1 MiB weight, a 4 KiB norm), in separate
- * allocations or as views of one flat buffer. */
-typedef struct {
-  da_grad_comm* grad;
-  int count;
-  void** ptrs;
-  size_t* elements;
-  void* flat;
-  const bench_env* env;
-} model;
+/* Gradient-like data for n floats: one 8 MiB tile of bench_fill_gradient, repeated
+ * (drawing a GiB of normals element by element would outlast the measurements). */
+static void fill_tiled(float* x, size_t n, unsigned long long seed) {
+  const size_t tile = 2 * MIB; /* elements */
+  size_t done = n < tile ? n : tile;
+  bench_fill_gradient(x, done, seed);
+  while (done < n) {
+    size_t chunk = done < n - done ? done : n - done;
+    memcpy(x + done, x, chunk * sizeof(float));
+    done += chunk;
+  }
+}
 
-static void free_model(model* m) {
+/* The default model: layer-like tensors (a 4 MiB weight, a 4 KiB bias, a 1 MiB
+ * weight, a 4 KiB norm), repeated. */
+static const size_t layer_pattern[] = {4 * MIB, 4096, MIB, 4096};
+
+void bench_model_free(bench_model* m) {
   if (m->grad) da_grad_destroy(m->grad);
   if (m->flat) {
     m->env->release(m->flat);
@@ -68,16 +73,15 @@ static void free_model(model* m) {
   memset(m, 0, sizeof *m);
 }
 
-static int build_model(da_comm* comm, const bench_env* env, size_t bytes, int flat,
-                       const da_compress_config* compress, model* m) {
-  static const size_t pattern[] = {4 * MIB, 4096, MIB, 4096};
+int bench_model_build(da_comm* comm, const bench_env* env, size_t bytes, const size_t* pattern,
+                      int pattern_len, int flat, const da_compress_config* compress, bench_model* m) {
   memset(m, 0, sizeof *m);
   m->env = env;
   size_t left = bytes, cap = 16;
   m->ptrs = (void**)calloc(cap, sizeof(void*));
   m->elements = (size_t*)calloc(cap, sizeof(size_t));
   for (int i = 0; left > 0; i++) {
-    size_t b = pattern[i % 4] < left ? pattern[i % 4] : left;
+    size_t b = pattern[i % pattern_len] < left ? pattern[i % pattern_len] : left;
     if ((size_t)m->count == cap) {
       cap *= 2;
       m->ptrs = (void**)realloc(m->ptrs, cap * sizeof(void*));
@@ -89,7 +93,7 @@ static int build_model(da_comm* comm, const bench_env* env, size_t bytes, int fl
   size_t total = 0;
   for (int i = 0; i < m->count; i++) total += m->elements[i];
   float* host = (float*)malloc(total * sizeof(float));
-  bench_fill_gradient(host, total, 1234 + (unsigned long long)env->rank);
+  fill_tiled(host, total, 1234 + (unsigned long long)env->rank);
   if (flat) m->flat = env->alloc(total * sizeof(float));
   size_t offset = 0;
   for (int i = 0; i < m->count; i++) {
@@ -111,31 +115,39 @@ static int build_model(da_comm* comm, const bench_env* env, size_t bytes, int fl
   return 0;
 fail:
   fprintf(stderr, "comm_bench: gradient model of %zu bytes: %s\n", bytes, da_last_error());
-  free_model(m);
+  bench_model_free(m);
   return 1;
 }
 
-static int step(model* m) {
+static int build_model(da_comm* comm, const bench_env* env, size_t bytes, int flat,
+                       const da_compress_config* compress, bench_model* m) {
+  return bench_model_build(comm, env, bytes, layer_pattern, 4, flat, compress, m);
+}
+
+int bench_model_step(bench_model* m) {
   for (int i = m->count - 1; i >= 0; i--)
     if (da_grad_mark_ready(m->grad, i, NULL) != DA_STATUS_SUCCESS) return 1;
   return da_grad_synchronize(m->grad) != DA_STATUS_SUCCESS;
 }
 
-/* Each variant runs REPEATS times `iterations` iterations; the fastest repeat's
- * mean counts (the slowest rank's), which keeps a busy machine's noise out. */
-#define REPEATS 3
-
-static int time_bucketed(model* m, int iterations, double* seconds) {
-  if (step(m)) return 1; /* warm-up: first use of the pool, NCCL's connections */
+/* The fastest repeat counts, which keeps a busy machine's noise out. */
+int bench_repeat(const bench_env* env, int (*fn)(void* arg), void* arg, int iterations, double* seconds) {
+  if (fn(arg)) return 1; /* warm-up: first use of the pool, NCCL's connections */
   *seconds = 1e30;
-  for (int r = 0; r < REPEATS; r++) {
+  for (int r = 0; r < BENCH_REPEATS; r++) {
     double start = bench_now();
     for (int it = 0; it < iterations; it++)
-      if (step(m)) return 1;
-    double t = m->env->max_across((bench_now() - start) / iterations);
+      if (fn(arg)) return 1;
+    double t = env->max_across((bench_now() - start) / iterations);
     *seconds = t < *seconds ? t : *seconds;
   }
   return 0;
+}
+
+static int step_fn(void* m) { return bench_model_step((bench_model*)m); }
+
+int bench_model_time(bench_model* m, int iterations, double* seconds) {
+  return bench_repeat(m->env, step_fn, m, iterations, seconds);
 }
 
 static int time_plain(da_comm* comm, const bench_env* env, void* buf, size_t n, int iterations,
@@ -144,7 +156,7 @@ static int time_plain(da_comm* comm, const bench_env* env, void* buf, size_t n, 
       da_comm_synchronize(comm) != DA_STATUS_SUCCESS)
     return 1;
   *seconds = 1e30;
-  for (int r = 0; r < REPEATS; r++) {
+  for (int r = 0; r < BENCH_REPEATS; r++) {
     double start = bench_now();
     for (int it = 0; it < iterations; it++)
       if (da_comm_allreduce(comm, buf, buf, n, DA_DTYPE_F32, DA_COMM_AVG) != DA_STATUS_SUCCESS) return 1;
@@ -155,7 +167,7 @@ static int time_plain(da_comm* comm, const bench_env* env, void* buf, size_t n, 
   return 0;
 }
 
-static int iterations_for(size_t bytes, int iterations) {
+int bench_iterations_for(size_t bytes, int iterations) {
   size_t budget = (size_t)iterations * 16 * MIB; /* about the same bytes for every size */
   size_t it = budget / bytes;
   if (it < 2) it = 2;
@@ -165,7 +177,7 @@ static int iterations_for(size_t bytes, int iterations) {
 
 int bench_allreduce(da_comm* comm, const bench_env* env, size_t min_bytes, size_t max_bytes,
                     size_t compressor_bytes, int iterations) {
-  const double bus = env->size > 1 ? 2.0 * (env->size - 1) / env->size : 0.0;
+  const double bus = bench_bus_factor(env->size);
   const int root = env->rank == 0;
   da_compress_config none = da_compress_config_default();
   char label[32];
@@ -177,25 +189,25 @@ int bench_allreduce(da_comm* comm, const bench_env* env, size_t min_bytes, size_
            "algbw", "busbw", "packed_ms", "algbw", "busbw", "ovh", "inplace_ms", "algbw", "busbw", "ovh");
   }
   for (size_t bytes = min_bytes; bytes <= max_bytes; bytes *= 4) {
-    int iters = iterations_for(bytes, iterations);
+    int iters = bench_iterations_for(bytes, iterations);
     double plain = 0, packed = 0, inplace = 0;
     void* buf = env->alloc(bytes);
     float* host = (float*)malloc(bytes);
-    bench_fill_gradient(host, bytes / 4, 99);
+    fill_tiled(host, bytes / 4, 99);
     env->upload(buf, host, bytes);
     free(host);
     int bad = time_plain(comm, env, buf, bytes / 4, iters, &plain);
     env->release(buf);
-    model m;
+    bench_model m;
     if (!bad) bad = build_model(comm, env, bytes, 0, &none, &m);
     if (!bad) {
-      bad = time_bucketed(&m, iters, &packed);
-      free_model(&m);
+      bad = bench_model_time(&m, iters, &packed);
+      bench_model_free(&m);
     }
     if (!bad) bad = build_model(comm, env, bytes, 1, &none, &m);
     if (!bad) {
-      bad = time_bucketed(&m, iters, &inplace);
-      free_model(&m);
+      bad = bench_model_time(&m, iters, &inplace);
+      bench_model_free(&m);
     }
     if (bad) {
       fprintf(stderr, "comm_bench: all-reduce of %zu bytes failed: %s\n", bytes, da_last_error());
@@ -204,7 +216,7 @@ int bench_allreduce(da_comm* comm, const bench_env* env, size_t min_bytes, size_
     if (root) {
       double g = 1e-9 * (double)bytes;
       printf("%10s %6d | %9.3f %7.2f %7.2f | %9.3f %7.2f %7.2f %6.1f%% | %9.3f %7.2f %7.2f %6.1f%%\n",
-             size_label(bytes, label, sizeof label), iters, 1e3 * plain, g / plain, g / plain * bus,
+             bench_size_label(bytes, label, sizeof label), iters, 1e3 * plain, g / plain, g / plain * bus,
              1e3 * packed, g / packed, g / packed * bus, 100.0 * (packed / plain - 1.0), 1e3 * inplace,
              g / inplace, g / inplace * bus, 100.0 * (inplace / plain - 1.0));
       fflush(stdout);
@@ -213,7 +225,7 @@ int bench_allreduce(da_comm* comm, const bench_env* env, size_t min_bytes, size_
   if (compressor_bytes == 0) return 0;
   if (root) {
     printf("\n# bucketed all-reduce with compression, %s of separate float32 gradients, ratio 0.01\n",
-           size_label(compressor_bytes, label, sizeof label));
+           bench_size_label(compressor_bytes, label, sizeof label));
     printf("# (error feedback on). effective = uncompressed bytes / time.\n");
     printf("%10s %9s %9s %12s %8s\n", "algorithm", "sent/raw", "time_ms", "effective", "vs none");
   }
@@ -222,14 +234,14 @@ int bench_allreduce(da_comm* comm, const bench_env* env, size_t min_bytes, size_
     da_compress_config c = da_compress_config_default();
     c.algorithm = (da_compress_algorithm)a;
     c.ratio = 0.01;
-    model m;
+    bench_model m;
     double t = 0;
-    int iters = iterations_for(compressor_bytes, iterations);
+    int iters = bench_iterations_for(compressor_bytes, iterations);
     if (build_model(comm, env, compressor_bytes, 0, &c, &m)) return 1;
-    int bad = time_bucketed(&m, iters, &t);
+    int bad = bench_model_time(&m, iters, &t);
     da_grad_stats stats;
     da_grad_get_stats(m.grad, &stats);
-    free_model(&m);
+    bench_model_free(&m);
     if (bad) {
       fprintf(stderr, "comm_bench: %s failed: %s\n", da_compress_algorithm_name(c.algorithm), da_last_error());
       return 1;
@@ -241,6 +253,70 @@ int bench_allreduce(da_comm* comm, const bench_env* env, size_t min_bytes, size_
              1e-9 * (double)compressor_bytes / t, none_time / t);
       fflush(stdout);
     }
+  }
+  return 0;
+}
+
+double bench_bus_factor(int size) { return size > 1 ? 2.0 * (size - 1) / size : 0.0; }
+
+#define SWEEP_MAX_SIZES 16
+#define SWEEP_ALGORITHMS (DA_COMPRESS_INT8 + 1)
+
+int bench_compressed_sweep(da_comm* comm, const bench_env* env, size_t min_bytes, size_t max_bytes, double ratio,
+                           int iterations) {
+  const double bus = bench_bus_factor(env->size);
+  const int root = env->rank == 0;
+  double seconds[SWEEP_MAX_SIZES][SWEEP_ALGORITHMS];
+  double sent_over_raw[SWEEP_ALGORITHMS] = {0};
+  size_t sizes[SWEEP_MAX_SIZES];
+  int num_sizes = 0;
+  for (size_t bytes = min_bytes; bytes <= max_bytes && num_sizes < SWEEP_MAX_SIZES; bytes *= 4) sizes[num_sizes++] = bytes;
+  char label[32];
+  if (root) {
+    printf("\n# bucketed all-reduce per compressor on %d rank(s): 25 MiB buckets of views of one flat\n", env->size);
+    printf("# float32 buffer (reduced in place), ratio %g for top-k/random-k/threshold, error feedback on.\n", ratio);
+    printf("# busbw in GB/s of UNCOMPRESSED bytes (algbw x 2(n-1)/n): the link speed an uncompressed\n");
+    printf("# all-reduce would need to match it.\n");
+    printf("%10s %6s |", "size", "iters");
+    for (int a = 0; a < SWEEP_ALGORITHMS; a++) printf(" %9s", da_compress_algorithm_name((da_compress_algorithm)a));
+    printf("\n");
+  }
+  for (int s = 0; s < num_sizes; s++) {
+    const int iters = bench_iterations_for(sizes[s], iterations);
+    for (int a = 0; a < SWEEP_ALGORITHMS; a++) {
+      da_compress_config c = da_compress_config_default();
+      c.algorithm = (da_compress_algorithm)a;
+      c.ratio = ratio;
+      bench_model m;
+      if (build_model(comm, env, sizes[s], 1, &c, &m)) return 1;
+      int bad = bench_model_time(&m, iters, &seconds[s][a]);
+      da_grad_stats stats;
+      da_grad_get_stats(m.grad, &stats);
+      bench_model_free(&m);
+      if (bad) {
+        fprintf(stderr, "comm_bench: %s on %zu bytes failed: %s\n", da_compress_algorithm_name(c.algorithm), sizes[s],
+                da_last_error());
+        return 1;
+      }
+      sent_over_raw[a] = (double)stats.bytes_sent / (double)stats.bytes_reduced;
+    }
+    if (root) {
+      printf("%10s %6d |", bench_size_label(sizes[s], label, sizeof label), iters);
+      for (int a = 0; a < SWEEP_ALGORITHMS; a++) printf(" %9.2f", 1e-9 * (double)sizes[s] / seconds[s][a] * bus);
+      printf("\n");
+      fflush(stdout);
+    }
+  }
+  if (root) {
+    printf("%10s %6s |", "sent/raw", "");
+    for (int a = 0; a < SWEEP_ALGORITHMS; a++) printf(" %9.4f", sent_over_raw[a]);
+    printf("\n# the same runs, milliseconds per step (slowest rank, fastest of %d repeats):\n", BENCH_REPEATS);
+    for (int s = 0; s < num_sizes; s++) {
+      printf("%10s %6s |", bench_size_label(sizes[s], label, sizeof label), "");
+      for (int a = 0; a < SWEEP_ALGORITHMS; a++) printf(" %9.3f", 1e3 * seconds[s][a]);
+      printf("\n");
+    }
+    fflush(stdout);
   }
   return 0;
 }
@@ -257,7 +333,7 @@ void bench_cpu_compressors(size_t bytes, int iterations) {
   bench_fill_gradient(a, n, 7);
   char label[32];
   printf("\n# host compressors on one %s bucket of float32 (single thread; GB/s of\n",
-         size_label(bytes, label, sizeof label));
+         bench_size_label(bytes, label, sizeof label));
   printf("# uncompressed data; encode includes the error-feedback residual, decode one payload)\n");
   printf("%10s %9s %10s %10s\n", "algorithm", "sent/raw", "encode", "decode");
   for (int alg = DA_COMPRESS_FP16; alg <= DA_COMPRESS_INT8; alg++) {
@@ -370,7 +446,7 @@ void bench_codec(size_t bytes, int threads) {
   for (size_t i = 0; i < n; i++) h[i] = da_cx_f32_to_bf16(f[i]);
   char label[32];
   printf("\n# zstd codec on %s of gradient-like float32 (and its bfloat16 cast):\n",
-         size_label(bytes, label, sizeof label));
+         bench_size_label(bytes, label, sizeof label));
   printf("# ratio = raw / frame; GB/s of raw data; decompression is single-threaded in zstd\n");
   printf("%-22s %5s %7s %9s %8s %10s\n", "input", "level", "threads", "ratio", "comp", "decomp");
   for (int level = 1; level <= 3; level += 2) {

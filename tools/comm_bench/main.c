@@ -3,36 +3,49 @@
  *   gpu section: NCCL on one GPU (plain vs bucketed all-reduce, 1 MiB .. 1 GiB), the
  *                GPU compressors (GB/s per 25 MiB bucket) and the compressed
  *                bucketed all-reduce end to end. Skipped, with a line, without a GPU.
- * Multi-rank runs (MPI engine, NCCL over MPI): comm_bench_mpi under mpirun.
+ *   --gpus N:    NCCL on N GPUs, one thread each (multi_gpu.h): plain vs bucketed
+ *                all-reduce, the bucketed all-reduce per compressor, and overlap with
+ *                a simulated backward pass.
+ * Multi-process runs (MPI engine, NCCL over MPI): comm_bench_mpi under mpirun.
  * Method: bench.h and docs/comm.md. */
 #include <cuda_runtime_api.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "comm/compress.h"
 #include "comm/da_comm.h"
 #include "comm/gpu_compress.h"
 #include "device/da_device.h"
 #include "tools/comm_bench/bench.h"
+#include "tools/comm_bench/multi_gpu.h"
 
 static void usage(FILE* out) {
   fprintf(out,
-          "usage: comm_bench [--cpu] [--gpu] [--min-mb N] [--max-mb N] [--compress-mb N]\n"
-          "                  [--bucket-mb N] [--iters N] [--threads N]\n"
+          "usage: comm_bench [--cpu] [--gpu] [--gpus N] [--min-mb N] [--max-mb N] [--compress-mb N]\n"
+          "                  [--bucket-mb N] [--iters N] [--threads N] [--ratio R]\n"
+          "                  [--overlap-mb N] [--layer-mb N] [--compute-ratio R]\n"
           "  --cpu / --gpu     run only that section (default: both; gpu skips without a GPU)\n"
+          "  --gpus N          N GPUs of this process, one thread each (no MPI); alone, runs\n"
+          "                    only this (add --cpu / --gpu for those sections)\n"
           "  --min-mb, --max-mb  all-reduce sizes, x4 steps (default 1 .. 1024)\n"
           "  --compress-mb     bytes of the compressed end-to-end run (default 100; 0: skip)\n"
           "  --bucket-mb       bucket of the compressor micro-benchmarks (default 25)\n"
           "  --iters           iterations (default 10)\n"
-          "  --threads         zstd worker threads in the codec rows (default 2)\n");
+          "  --threads         zstd worker threads in the codec rows (default 2)\n"
+          "  --ratio           --gpus: top-k / random-k / threshold ratio (default 0.01)\n"
+          "  --overlap-mb      --gpus: model of the overlap table (default 1024; 0: skip)\n"
+          "  --layer-mb        --gpus: its layers' weight gradients (default 32)\n"
+          "  --compute-ratio   --gpus: its compute / uncompressed communication time (default 1)\n");
 }
 
 static void* device_alloc(size_t bytes) {
   void* p = NULL;
   if (cudaMalloc(&p, bytes) != cudaSuccess) {
     fprintf(stderr, "comm_bench: cudaMalloc(%zu) failed\n", bytes);
-    exit(1);
+    fflush(stdout);
+    _exit(1); /* --gpus: other rank threads may be inside NCCL; no atexit handlers */
   }
   return p;
 }
@@ -156,8 +169,12 @@ static int bench_gpu_compressors(size_t bytes, int iters) {
 }
 
 int main(int argc, char** argv) {
-  int cpu = 0, gpu = 0, iters = 10, threads = 2;
-  size_t min_mb = 1, max_mb = 1024, compress_mb = 100, bucket_mb = 25;
+  /* Before any NCCL call: no NVLink SHARP (it needs multicast objects the device
+   * machines must not create). */
+  setenv("NCCL_NVLS_ENABLE", "0", 1);
+  int cpu = 0, gpu = 0, gpus = 0, iters = 10, threads = 2;
+  size_t min_mb = 1, max_mb = 1024, compress_mb = 100, bucket_mb = 25, overlap_mb = 1024, layer_mb = 32;
+  double ratio = 0.01, compute_ratio = 1.0;
   for (int i = 1; i < argc; i++) {
     const char* a = argv[i];
     const char* v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -180,21 +197,45 @@ int main(int argc, char** argv) {
       iters = atoi(argv[++i]);
     } else if (v && !strcmp(a, "--threads")) {
       threads = atoi(argv[++i]);
+    } else if (v && !strcmp(a, "--gpus")) {
+      gpus = atoi(argv[++i]);
+    } else if (v && !strcmp(a, "--ratio")) {
+      ratio = atof(argv[++i]);
+    } else if (v && !strcmp(a, "--overlap-mb")) {
+      overlap_mb = strtoull(argv[++i], NULL, 10);
+    } else if (v && !strcmp(a, "--layer-mb")) {
+      layer_mb = strtoull(argv[++i], NULL, 10);
+    } else if (v && !strcmp(a, "--compute-ratio")) {
+      compute_ratio = atof(argv[++i]);
     } else {
       fprintf(stderr, "comm_bench: unknown or incomplete option '%s'\n", a);
       usage(stderr);
       return 2;
     }
   }
-  if (!cpu && !gpu) cpu = gpu = 1;
+  if (!cpu && !gpu && !gpus) cpu = gpu = 1;
   if (min_mb == 0 || max_mb < min_mb || bucket_mb == 0 || iters < 1) {
     fprintf(stderr, "comm_bench: need 1 <= --min-mb <= --max-mb, --bucket-mb >= 1, --iters >= 1\n");
     return 2;
   }
+  if (gpus < 0 || gpus > 64 || !(ratio > 0 && ratio <= 1) || layer_mb == 0 || !(compute_ratio > 0)) {
+    fprintf(stderr, "comm_bench: need 0 <= --gpus <= 64, 0 < --ratio <= 1, --layer-mb >= 1, --compute-ratio > 0\n");
+    return 2;
+  }
+  /* Before any CUDA call, with several GPUs: eager module loading unless told
+   * otherwise (a lazy load waits for its device to drain while holding a lock, which
+   * can stall one rank's launch behind a peer's collective in one process). */
+  if (gpus > 1) setenv("CUDA_MODULE_LOADING", "EAGER", 0);
   printf("# comm_bench (da %s)\n", da_version_string());
   if (cpu) {
     bench_cpu_compressors(bucket_mb * MIB, iters < 5 ? iters : 5);
     bench_codec(64 * MIB, threads);
+  }
+  const bench_env device_env = {1, device_alloc, device_release, device_upload, identity, 0, 1};
+  if (gpus > 0) {
+    bench_multi_options o = {gpus, min_mb * MIB, max_mb * MIB, ratio, iters, overlap_mb * MIB, layer_mb * MIB,
+                             compute_ratio};
+    if (bench_multi_gpu(&o, &device_env)) return 1;
   }
   if (!gpu) return 0;
   int count = 0;
@@ -213,8 +254,7 @@ int main(int argc, char** argv) {
     fprintf(stderr, "comm_bench: %s\n", da_last_error());
     return 1;
   }
-  bench_env env = {1, device_alloc, device_release, device_upload, identity, 0, 1};
-  int status = bench_allreduce(comm, &env, min_mb * MIB, max_mb * MIB, compress_mb * MIB, iters);
+  int status = bench_allreduce(comm, &device_env, min_mb * MIB, max_mb * MIB, compress_mb * MIB, iters);
   da_comm_destroy(comm);
   return status;
 }

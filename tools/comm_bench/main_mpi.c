@@ -2,7 +2,8 @@
  * ranks under mpirun, over the MPI engine (host buffers) or NCCL bootstrapped over
  * MPI (one GPU per rank). Rank 0 prints; times are the slowest rank's.
  *   mpirun -np 2 comm_bench_mpi [--engine mpi|nccl] [--min-mb N] [--max-mb N]
- *                               [--compress-mb N] [--iters N]
+ *                               [--compress-mb N] [--iters N] [--sweep]
+ * --sweep adds the bucketed all-reduce per compressor at every size.
  * Method: bench.h and docs/comm.md. */
 #include <cuda_runtime_api.h>
 #include <mpi.h>
@@ -41,6 +42,9 @@ static double slowest(double s) {
 }
 
 int main(int argc, char** argv) {
+  /* Before MPI or NCCL starts: no NVLink SHARP (multicast objects the device machines
+   * must not create); set here, so that no launcher's environment can forget it. */
+  setenv("NCCL_NVLS_ENABLE", "0", 1);
   int provided = 0;
   MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
   int rank = 0, size = 1;
@@ -48,15 +52,16 @@ int main(int argc, char** argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   const char* engine = "mpi";
   size_t min_mb = 1, max_mb = 256, compress_mb = 100;
-  int iters = 10;
+  int iters = 10, sweep = 0;
   for (int i = 1; i < argc; i++) {
     const char* a = argv[i];
     int has = i + 1 < argc;
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       if (rank == 0)
         printf("usage: mpirun -np N comm_bench_mpi [--engine mpi|nccl] [--min-mb N] [--max-mb N]\n"
-               "                                  [--compress-mb N] [--iters N]\n"
-               "  defaults: mpi engine, 1 .. 256 MiB, 100 MiB compressed run (0: skip), 10 iterations\n");
+               "                                  [--compress-mb N] [--iters N] [--sweep]\n"
+               "  defaults: mpi engine, 1 .. 256 MiB, 100 MiB compressed run (0: skip), 10 iterations\n"
+               "  --sweep: also the bucketed all-reduce per compressor (ratio 0.01) at every size\n");
       MPI_Finalize();
       return 0;
     } else if (has && !strcmp(a, "--engine")) {
@@ -69,6 +74,8 @@ int main(int argc, char** argv) {
       compress_mb = strtoull(argv[++i], NULL, 10);
     } else if (has && !strcmp(a, "--iters")) {
       iters = atoi(argv[++i]);
+    } else if (!strcmp(a, "--sweep")) {
+      sweep = 1;
     } else {
       if (rank == 0) fprintf(stderr, "comm_bench_mpi: unknown or incomplete option '%s'\n", a);
       MPI_Finalize();
@@ -94,6 +101,7 @@ int main(int argc, char** argv) {
   bench_env env = nccl ? (bench_env){1, device_alloc, device_release, device_upload, slowest, rank, size}
                        : (bench_env){0, host_alloc, free, host_upload, slowest, rank, size};
   int status = bench_allreduce(comm, &env, min_mb * MIB, max_mb * MIB, compress_mb * MIB, iters);
+  if (status == 0 && sweep) status = bench_compressed_sweep(comm, &env, min_mb * MIB, max_mb * MIB, 0.01, iters);
   da_comm_destroy(comm);
   MPI_Finalize();
   return status;
