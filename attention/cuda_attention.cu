@@ -183,13 +183,14 @@ struct Tensor {
   const void* ptr;
   const char* name;
   size_t bytes;
+  bool optional = false;  // NULL allowed (the forward's lse)
 };
 
 // Device pointers, and outputs that must not overlap anything else.
 da_status check_tensors(const Tensor* in, int n_in, const Tensor* outs, int n_out, int device) {
   for (int i = 0; i < n_in + n_out; ++i) {
     const Tensor& t = i < n_in ? in[i] : outs[i - n_in];
-    if (t.ptr == nullptr && i >= n_in && strcmp(t.name, "lse") == 0) continue;  // optional
+    if (t.ptr == nullptr && t.optional) continue;
     da_status st = check_device_pointer(t.ptr, t.name, device);
     if (st != DA_STATUS_SUCCESS) return st;
   }
@@ -232,7 +233,7 @@ DA_API da_status da_attention_forward_cuda(const da_attention_params* params,
   size_t e = da_dtype_size(dtype);
   size_t qb = (size_t)a.tokens * a.h * a.d * e, kb = (size_t)a.tokens * a.h_kv * a.d * e;
   Tensor in[] = {{q, "q", qb}, {k, "k", kb}, {v, "v", kb}};
-  Tensor outs[] = {{out, "out", qb}, {lse, "lse", (size_t)a.tokens * a.h * sizeof(float)}};
+  Tensor outs[] = {{out, "out", qb}, {lse, "lse", (size_t)a.tokens * a.h * sizeof(float), true}};
   st = check_tensors(in, 3, outs, 2, p.device);
   if (st != DA_STATUS_SUCCESS) return release(&p, stream, st);
   a.q = q;
