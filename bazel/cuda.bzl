@@ -66,8 +66,12 @@ def _cuda_library_impl(ctx):
         args.add_all(include_flags)
         args.add_all(define_flags)
         args.add_all(ctx.attr.copts)
-        ctx.actions.run(
-            executable = NVCC,
+        # nvcc names its temporary files after its PID. Sandboxed actions run in
+        # their own PID namespace (nvcc is often PID 2) but share /tmp, so two nvcc
+        # actions in parallel collide ("cannot open module id file
+        # /tmp/tmpxft_00000002_..."). Each action gets a private TMPDIR.
+        ctx.actions.run_shell(
+            command = 'tmp=$(mktemp -d) || exit 1; TMPDIR="$tmp" %s "$@"; rc=$?; rm -rf "$tmp"; exit $rc' % NVCC,
             arguments = [args],
             inputs = inputs,
             outputs = [obj],
