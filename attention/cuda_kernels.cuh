@@ -493,6 +493,29 @@ __device__ __forceinline__ bool cta_rows(const KernelArgs& a, int tiles_per_seq,
                   own);
 }
 
+// Per-thread own dilated indices of the thread's two rows (row0, row0 + 8) for the
+// unit of the current tile; recomputed only when the unit changes.
+struct RowIndices {
+  int di0 = -1, di1 = -1, serial = -1;
+  __device__ __forceinline__ void update(const TileDesc& d, const OwnRows& own, int row0) {
+    if (d.serial == serial) return;
+    serial = d.serial;
+    di0 = desc_row_index(d, own, row0);
+    di1 = desc_row_index(d, own, row0 + 8);
+  }
+};
+
+// The dilated K and V rows of tile d (kv head gkv) into ring slot `slot`.
+template <typename T, int D, class Mm, int BN, int NT>
+__device__ __forceinline__ void load_kv(const KernelArgs& a, const TileDesc& d, int slot, int gkv,
+                                        T* sK, T* sV, int tid) {
+  long long stride = (long long)d.r * a.h_kv * D, first = (d.token * a.h_kv + gkv) * D;
+  Mm::template load<BN, NT>(sK + slot * Mm::tile_elems(BN), static_cast<const T*>(a.k) + first,
+                            stride, d.valid, tid);
+  Mm::template load<BN, NT>(sV + slot * Mm::tile_elems(BN), static_cast<const T*>(a.v) + first,
+                            stride, d.valid, tid);
+}
+
 
 // How the forward kernel multiplies: tiles in shared memory (layout, loads) and
 // the two products of a warp's 16 rows, S = Q K^T and O += P V. SyncMma is the
@@ -551,8 +574,6 @@ __global__ void __launch_bounds__(kFwdRows * 2, Mm::kMinBlocks)
   OwnRows own;
   if (!cta_rows(a, tiles_per_seq, j, 1, BM, &start, &n, &own)) return;
   const int gkv = j / (a.h / a.h_kv);
-  const T* k = static_cast<const T*>(a.k);
-  const T* v = static_cast<const T*>(a.v);
   const long long q_stride = (long long)own.L * a.h * D;
   const long long q_first = ((start + own.p0) * a.h + j) * D;
   Mm::template load<BM, NT>(sQ, static_cast<const T*>(a.q) + q_first, q_stride, own.nrows, tid);
@@ -561,21 +582,14 @@ __global__ void __launch_bounds__(kFwdRows * 2, Mm::kMinBlocks)
   float acc[D / 8][4];
   zero(acc);
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
-  int di0 = -1, di1 = -1, serial = -1;
+  RowIndices idx;
   run_tiles<ST>(
       a, n, own, j, 1, 0, BN, start, ring,
-      [&](const TileDesc& d, int slot) {
-        long long stride = (long long)d.r * a.h_kv * D, first = (d.token * a.h_kv + gkv) * D;
-        Mm::template load<BN, NT>(sK + slot * Mm::tile_elems(BN), k + first, stride, d.valid, tid);
-        Mm::template load<BN, NT>(sV + slot * Mm::tile_elems(BN), v + first, stride, d.valid, tid);
-      },
+      [&](const TileDesc& d, int slot) { load_kv<T, D, Mm, BN, NT>(a, d, slot, gkv, sK, sV, tid); },
       [&]() { Mm::loaded(); },
       [&](const TileDesc& d, int slot) {
-        if (d.serial != serial) {
-          serial = d.serial;
-          di0 = desc_row_index(d, own, row0);
-          di1 = desc_row_index(d, own, row1);
-        }
+        idx.update(d, own, row0);
+        const int di0 = idx.di0, di1 = idx.di1;
         float s[BN / 8][4];
         zero(s);
         Mm::template qk<BM, BN>(s, sQ, sK + slot * Mm::tile_elems(BN), warp, lane);
@@ -700,8 +714,6 @@ __global__ void __launch_bounds__(kBwdRows * 2, D <= 64 ? 3 : 1)
   OwnRows own;
   if (!cta_rows(a, tiles_per_seq, j, 1, BM, &start, &n, &own)) return;
   const int gkv = j / (a.h / a.h_kv);
-  const T* k = static_cast<const T*>(a.k);
-  const T* v = static_cast<const T*>(a.v);
   const long long q_stride = (long long)own.L * a.h * D;
   const long long q_first = ((start + own.p0) * a.h + j) * D;
   Mm::template load<BM, NT>(sQ, static_cast<const T*>(a.q) + q_first, q_stride, own.nrows, tid);
@@ -723,21 +735,14 @@ __global__ void __launch_bounds__(kBwdRows * 2, D <= 64 ? 3 : 1)
   }
   float acc[D / 8][4];
   zero(acc);
-  int di0 = -1, di1 = -1, serial = -1;
+  RowIndices idx;
   run_tiles<ST>(
       a, n, own, j, 1, 0, BN, start, ring,
-      [&](const TileDesc& d, int slot) {
-        long long stride = (long long)d.r * a.h_kv * D, first = (d.token * a.h_kv + gkv) * D;
-        Mm::template load<BN, NT>(sK + slot * Mm::tile_elems(BN), k + first, stride, d.valid, tid);
-        Mm::template load<BN, NT>(sV + slot * Mm::tile_elems(BN), v + first, stride, d.valid, tid);
-      },
+      [&](const TileDesc& d, int slot) { load_kv<T, D, Mm, BN, NT>(a, d, slot, gkv, sK, sV, tid); },
       [&]() { Mm::loaded(); },
       [&](const TileDesc& d, int slot) {
-        if (d.serial != serial) {
-          serial = d.serial;
-          di0 = desc_row_index(d, own, row0);
-          di1 = desc_row_index(d, own, row1);
-        }
+        idx.update(d, own, row0);
+        const int di0 = idx.di0, di1 = idx.di1;
         const T* tK = sK + slot * Mm::tile_elems(BN);
         float s[BN / 8][4], dp[BN / 8][4];
         zero(s);
@@ -798,11 +803,11 @@ __global__ void __launch_bounds__(kBwdRows * 2)
   Mm::template load<BM, NT>(sK, static_cast<const T*>(a.k) + k_first, k_stride, own.nrows, tid);
   Mm::template load<BM, NT>(sV, static_cast<const T*>(a.v) + k_first, k_stride, own.nrows, tid);
 
-  const int row0 = warp * 16 + lane / 4, row1 = row0 + 8;
+  const int row0 = warp * 16 + lane / 4;
   float dk[D / 8][4], dv[D / 8][4];
   zero(dk);
   zero(dv);
-  int di0 = -1, di1 = -1, serial = -1;
+  RowIndices idx;
   run_tiles<ST>(
       a, n, own, g * group, group, 1, BN, start, ring,
       [&](const TileDesc& d, int slot) {
@@ -820,11 +825,8 @@ __global__ void __launch_bounds__(kBwdRows * 2)
       },
       [&]() { Mm::loaded(); },
       [&](const TileDesc& d, int slot) {
-        if (d.serial != serial) {
-          serial = d.serial;
-          di0 = desc_row_index(d, own, row0);
-          di1 = desc_row_index(d, own, row1);
-        }
+        idx.update(d, own, row0);
+        const int di0 = idx.di0, di1 = idx.di1;
         const T* tQ = sQ + slot * Mm::tile_elems(BN);
         const T* tO = sO + slot * Mm::tile_elems(BN);
         float s[BN / 8][4], dp[BN / 8][4];
