@@ -69,6 +69,15 @@ bool use_wgmma(int major) {
   return major == 9 && !(env != nullptr && env[0] != '\0' && env[0] != '0');
 }
 
+// Which Hopper forward kernel runs (for comparing them in one benchmark run):
+// DA_CUDA_FWD_VARIANT=0 (default) warp-specialized with ping-pong, 1 without
+// ping-pong, 2 the one-role kernel.
+int fwd_variant() {
+  const char* env = getenv("DA_CUDA_FWD_VARIANT");
+  int v = env != nullptr ? atoi(env) : 0;
+  return v >= 0 && v <= 2 ? v : 0;
+}
+
 // The pointer must be device (or managed) memory the current device can use.
 da_status check_device_pointer(const void* p, const char* name, int device) {
   if (p == nullptr) return da_error_set(DA_STATUS_INVALID_ARGUMENT, "%s must not be NULL", name);
@@ -119,6 +128,7 @@ da_status prepare(const da_attention_params* params, const da_attention_batch* b
   a.offset = plan.offset;
   a.num_patterns = plan.num_patterns;
   a.use_wgmma = use_wgmma(major);
+  a.fwd_variant = fwd_variant();
   int w_max = 0;
   for (int i = 0; i < plan.num_patterns; ++i) {
     a.w[i] = plan.w[i];

@@ -282,12 +282,29 @@ template <typename T, int D, int ROWS, int NT>
 __device__ __forceinline__ void load_rows(T* tile, const T* base, long long stride, int valid,
                                           int tid) {
   constexpr int kChunks = D / 8, S = D + 8;
+  if constexpr (NT % kChunks == 0 && ROWS % (NT / kChunks) == 0) {
+    // Thread tid copies chunk tid % kChunks of rows tid / kChunks + k * kStep:
+    // addresses advance by constants (the multiply-per-chunk form costs the
+    // kernels more issue slots than the copies themselves).
+    constexpr int kStep = NT / kChunks;
+    const int r0 = tid / kChunks, ch = tid % kChunks;
+    T* dst = tile + r0 * S + ch * 8;
+    const T* src = base + r0 * stride + ch * 8;
+    const long long step = kStep * stride;
 #pragma unroll
-  for (int c = tid; c < ROWS * kChunks; c += NT) {
-    int row = c / kChunks, ch = c % kChunks;
-    bool ok = row < valid;
-    const T* src = ok ? base + row * stride + ch * 8 : base;
-    cp_async16(tile + row * S + ch * 8, src, ok);
+    for (int k = 0; k < ROWS / kStep; ++k) {
+      const bool ok = r0 + k * kStep < valid;
+      cp_async16(dst + k * kStep * S, ok ? src : base, ok);
+      src += step;
+    }
+  } else {
+#pragma unroll
+    for (int c = tid; c < ROWS * kChunks; c += NT) {
+      int row = c / kChunks, ch = c % kChunks;
+      bool ok = row < valid;
+      const T* src = ok ? base + row * stride + ch * 8 : base;
+      cp_async16(tile + row * S + ch * 8, src, ok);
+    }
   }
 }
 
@@ -417,8 +434,52 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-// The CTA's loop: walks every (unit, tile) in order and keeps ST - 1 tiles in
-// flight (cp.async groups, one per tile, all threads loading). issue(desc, slot)
+// The tiles a CTA streams, in order: every tile of every unit that selects its
+// rows (units in next_unit's order, tiles of bn rows of the other side).
+struct TileStream {
+  const KernelArgs& a;
+  int n, head_first, head_count, kv_side, bn;
+  const OwnRows& own;
+  long long start;
+  UnitCursor cursor = {0, 0, -1};
+  Unit u;
+  int t = 0, serial = 0;
+  bool more;
+
+  __device__ TileStream(const KernelArgs& a_, int n_, const OwnRows& own_, int head_first_,
+                        int head_count_, int kv_side_, int bn_, long long start_)
+      : a(a_), n(n_), head_first(head_first_), head_count(head_count_), kv_side(kv_side_),
+        bn(bn_), own(own_), start(start_) {
+    more = next_unit(a, n, own, head_first, head_count, kv_side, bn, &cursor, &u);
+  }
+
+  // The next tile into *d; false when the stream is exhausted.
+  __device__ bool next(TileDesc* d) {
+    if (!more) return false;
+    d->k0 = u.lo + t * bn;
+    d->valid = u.hi - d->k0 < bn ? u.hi - d->k0 : bn;
+    d->token = start + u.a + u.o + (long long)u.r * d->k0;
+    d->hi = u.hi;
+    d->di_first = u.di_first;
+    d->di_last = u.di_last;
+    d->all_rows = u.all_rows;
+    d->t_lo = u.t_lo;
+    d->t_hi = u.t_hi;
+    d->base = u.a + u.o;
+    d->r = u.r;
+    d->j = u.j;
+    d->serial = serial;
+    if (++t >= u.ntiles) {
+      t = 0;
+      ++serial;
+      more = next_unit(a, n, own, head_first, head_count, kv_side, bn, &cursor, &u);
+    }
+    return true;
+  }
+};
+
+// The CTA's loop: walks the TileStream and keeps ST - 1 tiles in flight
+// (cp.async groups, one per tile, all threads loading). issue(desc, slot)
 // enqueues a tile's loads into ring slot `slot`; compute(desc, slot) runs once
 // they are visible to the whole CTA. The slot refilled in an iteration is the
 // one computed in the previous iteration, behind the barrier.
@@ -428,35 +489,15 @@ __device__ __forceinline__ void run_tiles(const KernelArgs& a, int n, const OwnR
                                           long long start, TileDesc* ring, Issue&& issue,
                                           Loaded&& loaded, Compute&& compute) {
   static_assert(ST >= 2, "at least double buffering");
-  UnitCursor cursor = {0, 0, -1};
-  Unit u;
-  int t = 0, serial = 0, issued = 0;
-  bool more = next_unit(a, n, own, head_first, head_count, kv_side, bn, &cursor, &u);
+  TileStream stream(a, n, own, head_first, head_count, kv_side, bn, start);
+  int issued = 0;
   auto issue_next = [&]() {
-    if (more) {
-      TileDesc d;
-      d.k0 = u.lo + t * bn;
-      d.valid = u.hi - d.k0 < bn ? u.hi - d.k0 : bn;
-      d.token = start + u.a + u.o + (long long)u.r * d.k0;
-      d.hi = u.hi;
-      d.di_first = u.di_first;
-      d.di_last = u.di_last;
-      d.all_rows = u.all_rows;
-      d.t_lo = u.t_lo;
-      d.t_hi = u.t_hi;
-      d.base = u.a + u.o;
-      d.r = u.r;
-      d.j = u.j;
-      d.serial = serial;
+    TileDesc d;
+    if (stream.next(&d)) {
       int slot = issued % ST;
       issue(d, slot);
       if (threadIdx.x == 0) ring[slot] = d;
       ++issued;
-      if (++t >= u.ntiles) {
-        t = 0;
-        ++serial;
-        more = next_unit(a, n, own, head_first, head_count, kv_side, bn, &cursor, &u);
-      }
     }
     cp_async_commit();
   };
@@ -558,6 +599,82 @@ constexpr int forward_smem_bytes() {
   return (tiles > stage ? tiles : stage) + Mm::kAlign;
 }
 
+// One online-softmax step of the forward pass for a warp's two rows (row0 =
+// lane / 4 and row0 + 8 of its 16, own dilated indices di0 / di1 in the tile's
+// unit, -1 when unselected): masks the raw scores of tile d where the tile needs
+// it, turns s into the unnormalised probabilities P, updates the running max and
+// sum and rescales the output accumulator. The scale is folded into the
+// exponent's FMA (scale > 0, so it commutes with the max).
+template <int BN, int D>
+__device__ __forceinline__ void softmax_update(const KernelArgs& a, const TileDesc& d, int di0,
+                                               int di1, int lane, float (&s)[BN / 8][4],
+                                               float (&acc)[D / 8][4], float (&m_run)[2],
+                                               float (&l_run)[2]) {
+  const bool masked =
+      !d.all_rows || d.k0 + BN > d.hi || (a.causal && d.k0 + BN - 1 > d.di_first);
+  if (masked) {
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        int kk = d.k0 + nt * 8 + (lane % 4) * 2 + (e & 1);
+        int di = e < 2 ? di0 : di1;
+        bool ok = di >= 0 && kk < d.hi && (!a.causal || kk <= di);
+        s[nt][e] = ok ? s[nt][e] : -INFINITY;
+      }
+    }
+  }
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * rr], s[nt][2 * rr + 1]));
+    mx = quad_max(mx) * a.scale_log2;
+    float m_new = fmaxf(m_run[rr], mx);
+    float base = m_new == -INFINITY ? 0.f : m_new;
+    float alpha = fast_exp2(m_run[rr] - base);
+    m_run[rr] = m_new;
+    float sum = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+      s[nt][2 * rr] = fast_exp2(fmaf(s[nt][2 * rr], a.scale_log2, -base));
+      s[nt][2 * rr + 1] = fast_exp2(fmaf(s[nt][2 * rr + 1], a.scale_log2, -base));
+      sum += s[nt][2 * rr] + s[nt][2 * rr + 1];
+    }
+    l_run[rr] = l_run[rr] * alpha + sum;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      acc[dt][2 * rr] *= alpha;
+      acc[dt][2 * rr + 1] *= alpha;
+    }
+  }
+}
+
+// The forward epilogue of a warp's 16 rows (CTA rows warp * 16 ...): O / l
+// through the warp's staging rows `stage`, and the LSE.
+template <typename T, int D>
+__device__ __forceinline__ void forward_epilogue(const KernelArgs& a, const float (&acc)[D / 8][4],
+                                                 const float (&m_run)[2], const float (&l_run)[2],
+                                                 T* stage, long long start, const OwnRows& own,
+                                                 long long q_first, long long q_stride, int j,
+                                                 int warp, int lane) {
+  float inv[2], lse[2];
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    float l = quad_sum(l_run[rr]);
+    inv[rr] = l > 0.f ? 1.f / l : 0.f;
+    lse[rr] = l > 0.f ? (m_run[rr] + log2f(l)) * kLn2 : -INFINITY;
+  }
+  T* o = static_cast<T*>(a.out);
+  store_rows<T, D>(acc, inv[0], inv[1], stage, o + q_first + (long long)warp * 16 * q_stride,
+                   q_stride, own.nrows - warp * 16, lane);
+  const int row0 = warp * 16 + lane / 4, row1 = row0 + 8;
+  if (a.lse != nullptr && lane % 4 == 0) {
+    if (row0 < own.nrows) a.lse[(start + own.p0 + (long long)own.L * row0) * a.h + j] = lse[0];
+    if (row1 < own.nrows) a.lse[(start + own.p0 + (long long)own.L * row1) * a.h + j] = lse[1];
+  }
+}
+
 template <typename T, int D, class Mm>
 __global__ void __launch_bounds__(kFwdRows * 2, Mm::kMinBlocks)
     forward_kernel(const __grid_constant__ KernelArgs a, int tiles_per_seq) {
@@ -578,7 +695,7 @@ __global__ void __launch_bounds__(kFwdRows * 2, Mm::kMinBlocks)
   const long long q_first = ((start + own.p0) * a.h + j) * D;
   Mm::template load<BM, NT>(sQ, static_cast<const T*>(a.q) + q_first, q_stride, own.nrows, tid);
 
-  const int row0 = warp * 16 + lane / 4, row1 = row0 + 8;
+  const int row0 = warp * 16 + lane / 4;
   float acc[D / 8][4];
   zero(acc);
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
@@ -589,69 +706,15 @@ __global__ void __launch_bounds__(kFwdRows * 2, Mm::kMinBlocks)
       [&]() { Mm::loaded(); },
       [&](const TileDesc& d, int slot) {
         idx.update(d, own, row0);
-        const int di0 = idx.di0, di1 = idx.di1;
         float s[BN / 8][4];
         zero(s);
         Mm::template qk<BM, BN>(s, sQ, sK + slot * Mm::tile_elems(BN), warp, lane);
-        const bool masked =
-            !d.all_rows || d.k0 + BN > d.hi || (a.causal && d.k0 + BN - 1 > d.di_first);
-        // Raw scores (masked ones -inf); the scale is folded into the exponent's
-        // FMA (scale > 0, so it commutes with the max).
-        if (masked) {
-#pragma unroll
-          for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              int kk = d.k0 + nt * 8 + (lane % 4) * 2 + (e & 1);
-              int di = e < 2 ? di0 : di1;
-              bool ok = di >= 0 && kk < d.hi && (!a.causal || kk <= di);
-              s[nt][e] = ok ? s[nt][e] : -INFINITY;
-            }
-          }
-        }
-#pragma unroll
-        for (int rr = 0; rr < 2; ++rr) {
-          float mx = -INFINITY;
-#pragma unroll
-          for (int nt = 0; nt < BN / 8; ++nt)
-            mx = fmaxf(mx, fmaxf(s[nt][2 * rr], s[nt][2 * rr + 1]));
-          mx = quad_max(mx) * a.scale_log2;
-          float m_new = fmaxf(m_run[rr], mx);
-          float base = m_new == -INFINITY ? 0.f : m_new;
-          float alpha = fast_exp2(m_run[rr] - base);
-          m_run[rr] = m_new;
-          float sum = 0.f;
-#pragma unroll
-          for (int nt = 0; nt < BN / 8; ++nt) {
-            s[nt][2 * rr] = fast_exp2(fmaf(s[nt][2 * rr], a.scale_log2, -base));
-            s[nt][2 * rr + 1] = fast_exp2(fmaf(s[nt][2 * rr + 1], a.scale_log2, -base));
-            sum += s[nt][2 * rr] + s[nt][2 * rr + 1];
-          }
-          l_run[rr] = l_run[rr] * alpha + sum;
-#pragma unroll
-          for (int dt = 0; dt < D / 8; ++dt) {
-            acc[dt][2 * rr] *= alpha;
-            acc[dt][2 * rr + 1] *= alpha;
-          }
-        }
+        softmax_update<BN, D>(a, d, idx.di0, idx.di1, lane, s, acc, m_run, l_run);
         Mm::template pv<BN>(acc, s, sV + slot * Mm::tile_elems(BN), warp, lane);
       });
 
-  float inv[2], lse[2];
-#pragma unroll
-  for (int rr = 0; rr < 2; ++rr) {
-    float l = quad_sum(l_run[rr]);
-    inv[rr] = l > 0.f ? 1.f / l : 0.f;
-    lse[rr] = l > 0.f ? (m_run[rr] + log2f(l)) * kLn2 : -INFINITY;
-  }
-  T* o = static_cast<T*>(a.out);
-  store_rows<T, D>(acc, inv[0], inv[1], sQ + warp * 16 * S,
-                   o + q_first + (long long)warp * 16 * q_stride, q_stride, own.nrows - warp * 16,
-                   lane);
-  if (a.lse != nullptr && lane % 4 == 0) {
-    if (row0 < own.nrows) a.lse[(start + own.p0 + (long long)own.L * row0) * a.h + j] = lse[0];
-    if (row1 < own.nrows) a.lse[(start + own.p0 + (long long)own.L * row1) * a.h + j] = lse[1];
-  }
+  forward_epilogue<T, D>(a, acc, m_run, l_run, sQ + warp * 16 * S, start, own, q_first, q_stride, j,
+                         warp, lane);
 }
 
 // ------------------------------------------------------------- backward -----
@@ -891,10 +954,20 @@ cudaError_t launch_forward_with(const KernelArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+// The warp-specialized Hopper forward (cuda_sm90.cuh).
+template <typename T, int D, bool PINGPONG>
+cudaError_t launch_forward_ws(const KernelArgs& a, cudaStream_t stream);
+
 template <typename T, int D>
 cudaError_t launch_forward(const KernelArgs& a, cudaStream_t stream) {
   if constexpr (D == 64 || D == 128) {
-    if (a.use_wgmma) return launch_forward_with<T, D, Sm90Mma<T, D>>(a, stream);
+    if (a.use_wgmma) {
+      switch (a.fwd_variant) {
+        case 1: return launch_forward_ws<T, D, false>(a, stream);
+        case 2: return launch_forward_with<T, D, Sm90Mma<T, D>>(a, stream);
+        default: return launch_forward_ws<T, D, true>(a, stream);
+      }
+    }
   }
   return launch_forward_with<T, D, SyncMma<T, D>>(a, stream);
 }

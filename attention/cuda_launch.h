@@ -36,6 +36,8 @@ struct KernelArgs {
   int offset;  // resolved da_offset_policy
   int num_patterns;
   int use_wgmma;  // Hopper (sm_90) forward path for d = 64 / 128
+  int fwd_variant;  // Hopper forward: 0 warp-specialized ping-pong, 1 without
+                    // ping-pong, 2 the one-role kernel (DA_CUDA_FWD_VARIANT)
   int w[DA_MAX_PATTERNS];
   int r[DA_MAX_PATTERNS];
 

@@ -27,47 +27,83 @@ __device__ __forceinline__ uint64_t wgmma_desc(const void* p) {
   return ((addr & 0x3FFFF) >> 4) | (1ull << 16) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
 }
 
+// scale_d = 0: s = A B^T (the accumulator's old contents are ignored); 1: s += A B^T.
+// Ordering of a warpgroup's wgmma: fence before the first of a batch (the
+// accumulators were written by ordinary instructions), commit the batch as a
+// group, wait until at most N groups are pending.
+__device__ __forceinline__ void wgmma_fence() {
+#ifdef DA_HAVE_WGMMA
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit() {
+#ifdef DA_HAVE_WGMMA
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+#ifdef DA_HAVE_WGMMA
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// Keeps the compiler from moving reads or writes of an accumulator across the
+// asynchronous wgmma that owns it (the asm statements name the registers only
+// where the wgmma is issued).
+template <int N>
+__device__ __forceinline__ void fence_regs(float (&x)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+    asm volatile("" : "+f"(x[i][0]), "+f"(x[i][1]), "+f"(x[i][2]), "+f"(x[i][3])::"memory");
+}
+
 template <int N, typename T>
-__device__ __forceinline__ void wgmma_ss(float (&s)[N / 8][4], uint64_t da, uint64_t db);
+__device__ __forceinline__ void wgmma_ss(float (&s)[N / 8][4], uint64_t da, uint64_t db,
+                                         int scale_d);
 template <typename T>
 __device__ __forceinline__ void wgmma_rs_m64n64(float (&acc)[8][4], const uint32_t* a,
                                                 uint64_t db);
 
 #ifdef DA_HAVE_WGMMA
 template <>
-__device__ __forceinline__ void wgmma_ss<128, __nv_bfloat16>(float (&s)[16][4], uint64_t da, uint64_t db) {
+__device__ __forceinline__ void wgmma_ss<128, __nv_bfloat16>(float (&s)[16][4], uint64_t da, uint64_t db,
+                                                       int scale_d) {
   asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
       : "+f"(s[0][0]), "+f"(s[0][1]), "+f"(s[0][2]), "+f"(s[0][3]), "+f"(s[1][0]), "+f"(s[1][1]), "+f"(s[1][2]), "+f"(s[1][3]), "+f"(s[2][0]), "+f"(s[2][1]), "+f"(s[2][2]), "+f"(s[2][3]), "+f"(s[3][0]), "+f"(s[3][1]), "+f"(s[3][2]), "+f"(s[3][3]), "+f"(s[4][0]), "+f"(s[4][1]), "+f"(s[4][2]), "+f"(s[4][3]), "+f"(s[5][0]), "+f"(s[5][1]), "+f"(s[5][2]), "+f"(s[5][3]), "+f"(s[6][0]), "+f"(s[6][1]), "+f"(s[6][2]), "+f"(s[6][3]), "+f"(s[7][0]), "+f"(s[7][1]), "+f"(s[7][2]), "+f"(s[7][3]), "+f"(s[8][0]), "+f"(s[8][1]), "+f"(s[8][2]), "+f"(s[8][3]), "+f"(s[9][0]), "+f"(s[9][1]), "+f"(s[9][2]), "+f"(s[9][3]), "+f"(s[10][0]), "+f"(s[10][1]), "+f"(s[10][2]), "+f"(s[10][3]), "+f"(s[11][0]), "+f"(s[11][1]), "+f"(s[11][2]), "+f"(s[11][3]), "+f"(s[12][0]), "+f"(s[12][1]), "+f"(s[12][2]), "+f"(s[12][3]), "+f"(s[13][0]), "+f"(s[13][1]), "+f"(s[13][2]), "+f"(s[13][3]), "+f"(s[14][0]), "+f"(s[14][1]), "+f"(s[14][2]), "+f"(s[14][3]), "+f"(s[15][0]), "+f"(s[15][1]), "+f"(s[15][2]), "+f"(s[15][3])
-      : "l"(da), "l"(db));
+      : "l"(da), "l"(db), "r"(scale_d));
 }
 
 template <>
-__device__ __forceinline__ void wgmma_ss<128, __half>(float (&s)[16][4], uint64_t da, uint64_t db) {
+__device__ __forceinline__ void wgmma_ss<128, __half>(float (&s)[16][4], uint64_t da, uint64_t db,
+                                                       int scale_d) {
   asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
       : "+f"(s[0][0]), "+f"(s[0][1]), "+f"(s[0][2]), "+f"(s[0][3]), "+f"(s[1][0]), "+f"(s[1][1]), "+f"(s[1][2]), "+f"(s[1][3]), "+f"(s[2][0]), "+f"(s[2][1]), "+f"(s[2][2]), "+f"(s[2][3]), "+f"(s[3][0]), "+f"(s[3][1]), "+f"(s[3][2]), "+f"(s[3][3]), "+f"(s[4][0]), "+f"(s[4][1]), "+f"(s[4][2]), "+f"(s[4][3]), "+f"(s[5][0]), "+f"(s[5][1]), "+f"(s[5][2]), "+f"(s[5][3]), "+f"(s[6][0]), "+f"(s[6][1]), "+f"(s[6][2]), "+f"(s[6][3]), "+f"(s[7][0]), "+f"(s[7][1]), "+f"(s[7][2]), "+f"(s[7][3]), "+f"(s[8][0]), "+f"(s[8][1]), "+f"(s[8][2]), "+f"(s[8][3]), "+f"(s[9][0]), "+f"(s[9][1]), "+f"(s[9][2]), "+f"(s[9][3]), "+f"(s[10][0]), "+f"(s[10][1]), "+f"(s[10][2]), "+f"(s[10][3]), "+f"(s[11][0]), "+f"(s[11][1]), "+f"(s[11][2]), "+f"(s[11][3]), "+f"(s[12][0]), "+f"(s[12][1]), "+f"(s[12][2]), "+f"(s[12][3]), "+f"(s[13][0]), "+f"(s[13][1]), "+f"(s[13][2]), "+f"(s[13][3]), "+f"(s[14][0]), "+f"(s[14][1]), "+f"(s[14][2]), "+f"(s[14][3]), "+f"(s[15][0]), "+f"(s[15][1]), "+f"(s[15][2]), "+f"(s[15][3])
-      : "l"(da), "l"(db));
+      : "l"(da), "l"(db), "r"(scale_d));
 }
 
 template <>
-__device__ __forceinline__ void wgmma_ss<64, __nv_bfloat16>(float (&s)[8][4], uint64_t da, uint64_t db) {
+__device__ __forceinline__ void wgmma_ss<64, __nv_bfloat16>(float (&s)[8][4], uint64_t da, uint64_t db,
+                                                       int scale_d) {
   asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
       : "+f"(s[0][0]), "+f"(s[0][1]), "+f"(s[0][2]), "+f"(s[0][3]), "+f"(s[1][0]), "+f"(s[1][1]), "+f"(s[1][2]), "+f"(s[1][3]), "+f"(s[2][0]), "+f"(s[2][1]), "+f"(s[2][2]), "+f"(s[2][3]), "+f"(s[3][0]), "+f"(s[3][1]), "+f"(s[3][2]), "+f"(s[3][3]), "+f"(s[4][0]), "+f"(s[4][1]), "+f"(s[4][2]), "+f"(s[4][3]), "+f"(s[5][0]), "+f"(s[5][1]), "+f"(s[5][2]), "+f"(s[5][3]), "+f"(s[6][0]), "+f"(s[6][1]), "+f"(s[6][2]), "+f"(s[6][3]), "+f"(s[7][0]), "+f"(s[7][1]), "+f"(s[7][2]), "+f"(s[7][3])
-      : "l"(da), "l"(db));
+      : "l"(da), "l"(db), "r"(scale_d));
 }
 
 template <>
-__device__ __forceinline__ void wgmma_ss<64, __half>(float (&s)[8][4], uint64_t da, uint64_t db) {
+__device__ __forceinline__ void wgmma_ss<64, __half>(float (&s)[8][4], uint64_t da, uint64_t db,
+                                                       int scale_d) {
   asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
       : "+f"(s[0][0]), "+f"(s[0][1]), "+f"(s[0][2]), "+f"(s[0][3]), "+f"(s[1][0]), "+f"(s[1][1]), "+f"(s[1][2]), "+f"(s[1][3]), "+f"(s[2][0]), "+f"(s[2][1]), "+f"(s[2][2]), "+f"(s[2][3]), "+f"(s[3][0]), "+f"(s[3][1]), "+f"(s[3][2]), "+f"(s[3][3]), "+f"(s[4][0]), "+f"(s[4][1]), "+f"(s[4][2]), "+f"(s[4][3]), "+f"(s[5][0]), "+f"(s[5][1]), "+f"(s[5][2]), "+f"(s[5][3]), "+f"(s[6][0]), "+f"(s[6][1]), "+f"(s[6][2]), "+f"(s[6][3]), "+f"(s[7][0]), "+f"(s[7][1]), "+f"(s[7][2]), "+f"(s[7][3])
-      : "l"(da), "l"(db));
+      : "l"(da), "l"(db), "r"(scale_d));
 }
 
 template <>
@@ -103,16 +139,23 @@ struct Sm90Mma {
   static constexpr int kAlign = 1024;
   static constexpr int tile_elems(int rows) { return rows * D; }
 
+  // Thread tid copies 16-byte chunk tid % kChunks of rows tid / kChunks + k *
+  // kStep: the same chunk and swizzle phase for every k (kStep is a multiple of
+  // 8), so the addresses advance by constants.
   template <int ROWS, int NT>
   __device__ static void load(T* tile, const T* base, long long stride, int valid, int tid) {
-    constexpr int kChunks = D / 8;
-    char* t = reinterpret_cast<char*>(tile);
+    constexpr int kChunks = D / 8, kStep = NT / kChunks;
+    static_assert(NT % kChunks == 0 && kStep % 8 == 0 && ROWS % kStep == 0, "load shape");
+    const int r0 = tid / kChunks, ch = tid % kChunks;
+    char* dst = reinterpret_cast<char*>(tile) + (ch / 8) * ROWS * 128 + r0 * 128 +
+                (((ch % 8) ^ (r0 % 8)) * 16);
+    const T* src = base + r0 * stride + ch * 8;
+    const long long step = kStep * stride;
 #pragma unroll
-    for (int c = tid; c < ROWS * kChunks; c += NT) {
-      int row = c / kChunks, ch = c % kChunks;
-      bool ok = row < valid;
-      const T* src = ok ? base + row * stride + ch * 8 : base;
-      cp_async16(t + (ch / 8) * ROWS * 128 + row * 128 + (((ch % 8) ^ (row % 8)) * 16), src, ok);
+    for (int k = 0; k < ROWS / kStep; ++k) {
+      const bool ok = r0 + k * kStep < valid;
+      cp_async16(dst + k * kStep * 128, ok ? src : base, ok);
+      src += step;
     }
   }
 
@@ -125,33 +168,25 @@ struct Sm90Mma {
   }
 
   // s[64 x N] (this warpgroup's rows of A) = A B^T: A an AROWS-row tile, B an
-  // N-row tile, both K-major (d contiguous).
+  // N-row tile, both K-major (d contiguous). Issued, not waited for.
   template <int AROWS, int N>
-  __device__ static void qk(float (&s)[N / 8][4], const T* sA, const T* sB, int warp, int) {
+  __device__ static void qk_issue(float (&s)[N / 8][4], const T* sA, const T* sB, int warp) {
 #ifdef DA_HAVE_WGMMA
     const char* q = reinterpret_cast<const char*>(sA) + (warp / 4) * 64 * 128;
     const char* k = reinterpret_cast<const char*>(sB);
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
       wgmma_ss<N, T>(s, wgmma_desc(q + (kk / 4) * AROWS * 128 + (kk % 4) * 32),
-                     wgmma_desc(k + (kk / 4) * N * 128 + (kk % 4) * 32));
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+                     wgmma_desc(k + (kk / 4) * N * 128 + (kk % 4) * 32), kk > 0);
 #else
     (void)s, (void)sA, (void)sB, (void)warp;
     __trap();
 #endif
   }
 
-  // acc[64 x D] += P B: P (64 x KROWS) in registers (C layout), B a KROWS-row tile
-  // read transposed (MN-major, d contiguous).
+  // P (64 x KROWS, C layout in fp32) as the register A operand of pv_issue.
   template <int KROWS>
-  __device__ static void pv(float (&acc)[D / 8][4], float (&p)[KROWS / 8][4], const T* sV, int,
-                            int) {
-#ifdef DA_HAVE_WGMMA
-    const char* v = reinterpret_cast<const char*>(sV);
-    uint32_t af[KROWS / 16][4];
+  __device__ static void pack_p(const float (&p)[KROWS / 8][4], uint32_t (&af)[KROWS / 16][4]) {
 #pragma unroll
     for (int kk = 0; kk < KROWS / 16; ++kk) {
       af[kk][0] = pack2<T>(p[2 * kk][0], p[2 * kk][1]);
@@ -159,21 +194,267 @@ struct Sm90Mma {
       af[kk][2] = pack2<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]);
       af[kk][3] = pack2<T>(p[2 * kk + 1][2], p[2 * kk + 1][3]);
     }
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+  }
+
+  // acc[64 x D] += P B: P packed by pack_p, B a KROWS-row tile read transposed
+  // (MN-major, d contiguous). Issued, not waited for.
+  template <int KROWS>
+  __device__ static void pv_issue(float (&acc)[D / 8][4], const uint32_t (&af)[KROWS / 16][4],
+                                  const T* sV) {
+#ifdef DA_HAVE_WGMMA
+    const char* v = reinterpret_cast<const char*>(sV);
 #pragma unroll
     for (int kk = 0; kk < KROWS / 16; ++kk)
 #pragma unroll
       for (int half = 0; half < D / 64; ++half)
         wgmma_rs_m64n64<T>(*reinterpret_cast<float(*)[8][4]>(&acc[half * 8]), af[kk],
                            wgmma_desc(v + half * KROWS * 128 + kk * 16 * 128));
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #else
-    (void)acc, (void)p, (void)sV;
+    (void)acc, (void)af, (void)sV;
     __trap();
 #endif
   }
+
+  template <int AROWS, int N>
+  __device__ static void qk(float (&s)[N / 8][4], const T* sA, const T* sB, int warp, int) {
+    wgmma_fence();
+    qk_issue<AROWS, N>(s, sA, sB, warp);
+    wgmma_commit();
+    wgmma_wait<0>();
+  }
+
+  template <int KROWS>
+  __device__ static void pv(float (&acc)[D / 8][4], float (&p)[KROWS / 8][4], const T* sV, int,
+                            int) {
+    uint32_t af[KROWS / 16][4];
+    pack_p<KROWS>(p, af);
+    wgmma_fence();
+    pv_issue<KROWS>(acc, af, sV);
+    wgmma_commit();
+    wgmma_wait<0>();
+  }
 };
+
+// ------------------------------------------- warp-specialized forward ----
+//
+// forward_ws_kernel: the Hopper forward. Three warpgroups: one producer (the
+// TileStream, Q and the dilated K/V tiles by cp.async from computed row
+// addresses into a ring of kStages slots) and two consumers (64 query rows each:
+// S = Q K^T and O += P V by wgmma, the online softmax in registers). Full/empty
+// mbarriers per slot replace the CTA-wide barrier of forward_kernel, so the
+// consumers never wait for loads they do not need and the producer's registers
+// go to the consumers (setmaxnreg). Each consumer iteration issues S_j = Q K_j^T
+// together with O += P_{j-1} V_{j-1} (the previous tile's probabilities), then
+// runs the softmax of tile j while the other consumer's products occupy the
+// tensor cores: with PINGPONG the two consumers take turns issuing (named
+// barriers), so one's softmax always overlaps the other's products.
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count)
+               : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, int parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nwait_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait_%=;\n}\n" ::"r"(smem_u32(bar)),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void named_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+// Generic-proxy writes (cp.async) made visible to the async proxy (wgmma).
+__device__ __forceinline__ void fence_proxy_async() {
+#ifdef DA_HAVE_WGMMA
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+#ifdef DA_HAVE_WGMMA
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+#ifdef DA_HAVE_WGMMA
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+
+// Shape of forward_ws_kernel: 128-key tiles; d = 64: 4 slots (144 KiB),
+// d = 128: 3 slots (224 KiB). The producer signals a tile once kStages - 2
+// younger tiles are in flight (it waits for its own cp.async groups), and a
+// consumer releases a slot one iteration after reading its K (V is read then).
+template <typename T, int D>
+struct Sm90Fwd {
+  static constexpr int kBN = 128;
+  static constexpr int kStages = D == 64 ? 4 : 3;
+  static constexpr int kAlign = 1024;
+  static constexpr int kThreads = 3 * 128;
+  // Registers per thread. The kernel is compiled for 168 (65536 / 384, rounded
+  // down to 8) and launched with that many for every warp; setmaxnreg then moves
+  // them from the producer (its unit walk needs ~100) to the consumers. The
+  // consumers' setmaxnreg.inc waits until the producer's registers are free, so
+  // the two must balance exactly or the CTA never starts computing.
+  static constexpr int kLaunchRegs = 168;
+  static constexpr int kProducerRegs = D == 64 ? 104 : 88;
+  static constexpr int kConsumerRegs = (kLaunchRegs * 3 - kProducerRegs) / 2 / 8 * 8;
+  static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= 384 * kLaunchRegs,
+                "setmaxnreg: the consumers take more registers than the producer frees");
+  static constexpr int tile_elems(int rows) { return rows * D; }
+};
+
+template <typename T, int D, bool PINGPONG>
+__global__ void __launch_bounds__(Sm90Fwd<T, D>::kThreads, 1)
+    forward_ws_kernel(const __grid_constant__ KernelArgs a, int tiles_per_seq) {
+#ifdef DA_HAVE_WGMMA  // sm_90a only (mbarrier waits, setmaxnreg, wgmma)
+  using Cfg = Sm90Fwd<T, D>;
+  using Mm = Sm90Mma<T, D>;
+  constexpr int BM = kFwdRows, BN = Cfg::kBN, ST = Cfg::kStages, LAG = ST - 2, S = D + 8;
+  static_assert(LAG >= 1, "the producer keeps at least one tile in flight");
+  constexpr int kTile = Cfg::tile_elems(BN);
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ TileDesc ring[ST];
+  __shared__ __align__(8) uint64_t full[ST], empty[ST];
+  T* sQ = reinterpret_cast<T*>(aligned_smem<Cfg>(smem_raw));
+  T* sK = sQ + Cfg::tile_elems(BM);
+  T* sV = sK + ST * kTile;
+  const int tid = threadIdx.x, wg = tid / 128, j = blockIdx.y;
+  long long start;
+  int n;
+  OwnRows own;
+  if (!cta_rows(a, tiles_per_seq, j, 1, BM, &start, &n, &own)) return;
+  if (tid == 0) {
+    for (int s = 0; s < ST; ++s) {
+      mbar_init(&full[s], 128);  // every producer thread, once its loads landed
+      mbar_init(&empty[s], 8);   // every consumer warp, once its products read the slot
+    }
+  }
+  __syncthreads();
+  const long long q_stride = (long long)own.L * a.h * D;
+  const long long q_first = ((start + own.p0) * a.h + j) * D;
+
+  if (wg == 0) {  // producer
+    setmaxnreg_dec<Cfg::kProducerRegs>();
+    const int gkv = j / (a.h / a.h_kv);
+    // Q joins the first tile's cp.async group: the first full barrier covers it.
+    Mm::template load<BM, 128>(sQ, static_cast<const T*>(a.q) + q_first, q_stride, own.nrows, tid);
+    TileStream stream(a, n, own, j, 1, 0, BN, start);
+    int issued = 0, signalled = 0;
+    for (;;) {
+      const int slot = issued % ST;
+      if (issued >= ST) mbar_wait(&empty[slot], (issued / ST - 1) & 1);
+      TileDesc d;
+      const bool more = stream.next(&d);
+      if (more)
+        load_kv<T, D, Mm, BN, 128>(a, d, slot, gkv, sK, sV, tid);
+      else
+        d.valid = -1;  // end of the stream
+      if (tid == 0) ring[slot] = d;
+      cp_async_commit();
+      ++issued;
+      if (!more) break;
+      if (issued - signalled > LAG) {
+        cp_async_wait<LAG>();
+        fence_proxy_async();
+        mbar_arrive(&full[signalled++ % ST]);
+      }
+    }
+    cp_async_wait<0>();
+    fence_proxy_async();
+    while (signalled < issued) mbar_arrive(&full[signalled++ % ST]);
+    return;
+  }
+
+  // consumers
+  setmaxnreg_inc<Cfg::kConsumerRegs>();
+  const int cg = wg - 1, cw = tid / 32 - 4, lane = tid % 32, row0 = cw * 16 + lane / 4;
+  float acc[D / 8][4];
+  zero(acc);
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+  float s[BN / 8][4];
+  uint32_t af[BN / 16][4];
+  RowIndices idx;
+  // One turn on the tensor cores: S_i = Q K_i^T (QK) and O += P_{i-1} V_{i-1}
+  // (PV). With PINGPONG consumer 0 takes the first turn and the consumers
+  // alternate (consumer 1 skips the hand-back after its last turn, so every
+  // bar.arrive meets a bar.sync).
+  auto turn = [&](bool first, bool last, auto&& issue) {
+    if (PINGPONG && !(cg == 0 && first)) named_sync(1 + cg, 256);
+    wgmma_fence();
+    issue();
+    wgmma_commit();
+    if (PINGPONG && !(cg == 1 && last)) named_arrive(2 - cg, 256);
+    wgmma_wait<0>();
+    fence_regs(s);
+    fence_regs(acc);
+  };
+  auto release = [&](int slot) {
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[slot]);
+  };
+  mbar_wait(&full[0], 0);
+  TileDesc d = ring[0];
+  if (d.valid >= 0) {
+    turn(true, false, [&] { Mm::template qk_issue<BM, BN>(s, sQ, sK, cw); });
+    int prev = 0;
+    for (int i = 1;; ++i) {
+      idx.update(d, own, row0);
+      softmax_update<BN, D>(a, d, idx.di0, idx.di1, lane, s, acc, m_run, l_run);
+      Mm::template pack_p<BN>(s, af);
+      const int slot = i % ST;
+      mbar_wait(&full[slot], (i / ST) & 1);
+      d = ring[slot];
+      if (d.valid < 0) break;
+      turn(false, false, [&] {
+        Mm::template qk_issue<BM, BN>(s, sQ, sK + slot * kTile, cw);
+        Mm::template pv_issue<BN>(acc, af, sV + prev * kTile);
+      });
+      release(prev);
+      prev = slot;
+    }
+    turn(false, true, [&] { Mm::template pv_issue<BN>(acc, af, sV + prev * kTile); });
+  }
+  named_sync(3, 256);  // both consumers are done with Q and the ring (the epilogue stages there)
+  forward_epilogue<T, D>(a, acc, m_run, l_run, sQ + cw * 16 * S, start, own, q_first, q_stride, j,
+                         cw, lane);
+#else
+  (void)a, (void)tiles_per_seq;
+  __trap();
+#endif
+}
+
+template <typename T, int D, bool PINGPONG>
+cudaError_t launch_forward_ws(const KernelArgs& a, cudaStream_t stream) {
+  using Cfg = Sm90Fwd<T, D>;
+  constexpr int smem = forward_smem_bytes<T, D, Cfg>();
+  cudaError_t attr = cudaFuncSetAttribute(forward_ws_kernel<T, D, PINGPONG>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (attr != cudaSuccess) return attr;
+  // setmaxnreg's balance assumes the kernel was compiled for kLaunchRegs per
+  // thread; were it fewer, the consumers would wait for registers forever, so
+  // the one-role kernel runs instead (checked once per instantiation).
+  static const int regs = [] {
+    cudaFuncAttributes fa;
+    return cudaFuncGetAttributes(&fa, forward_ws_kernel<T, D, PINGPONG>) == cudaSuccess
+               ? fa.numRegs
+               : -1;
+  }();
+  if (regs != Cfg::kLaunchRegs) return launch_forward_with<T, D, Sm90Mma<T, D>>(a, stream);
+  int tiles = max_tiles(a, kFwdRows, false);
+  if (tiles == 0) return cudaSuccess;
+  dim3 grid((unsigned)((long long)tiles * a.batch), (unsigned)a.h);
+  forward_ws_kernel<T, D, PINGPONG><<<grid, Cfg::kThreads, smem, stream>>>(a, tiles);
+  return cudaGetLastError();
+}
 
 }  // namespace da_cuda
 
