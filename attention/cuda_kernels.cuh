@@ -584,6 +584,20 @@ struct SyncMma {
                             int lane) {
     mma_pb<T, D, KROWS>(acc, p, sB, lane);
   }
+  // Two independent products of each kind (the backward's pairs).
+  template <int AROWS, int N>
+  __device__ static void qk2(float (&s1)[N / 8][4], const T* a1, const T* b1,
+                             float (&s2)[N / 8][4], const T* a2, const T* b2, int warp, int lane) {
+    qk<AROWS, N>(s1, a1, b1, warp, lane);
+    qk<AROWS, N>(s2, a2, b2, warp, lane);
+  }
+  template <int KROWS>
+  __device__ static void pv2(float (&acc1)[D / 8][4], float (&p1)[KROWS / 8][4], const T* b1,
+                             float (&acc2)[D / 8][4], float (&p2)[KROWS / 8][4], const T* b2,
+                             int warp, int lane) {
+    pv<KROWS>(acc1, p1, b1, warp, lane);
+    pv<KROWS>(acc2, p2, b2, warp, lane);
+  }
 };
 
 // The Hopper policy (cuda_sm90.cuh, included by the forward translation units).
@@ -602,14 +616,16 @@ constexpr int forward_smem_bytes() {
 // One online-softmax step of the forward pass for a warp's two rows (row0 =
 // lane / 4 and row0 + 8 of its 16, own dilated indices di0 / di1 in the tile's
 // unit, -1 when unselected): masks the raw scores of tile d where the tile needs
-// it, turns s into the unnormalised probabilities P, updates the running max and
-// sum and rescales the output accumulator. The scale is folded into the
-// exponent's FMA (scale > 0, so it commutes with the max).
-template <int BN, int D>
-__device__ __forceinline__ void softmax_update(const KernelArgs& a, const TileDesc& d, int di0,
+// it, turns s into the unnormalised probabilities P and updates the running max
+// and sum; alpha is the factor the output accumulator must be rescaled by
+// (softmax_rescale), kept apart so the rescale can wait for a product in flight.
+// The scale is folded into the exponent's FMA (scale > 0, so it commutes with
+// the max).
+template <int BN>
+__device__ __forceinline__ void softmax_scores(const KernelArgs& a, const TileDesc& d, int di0,
                                                int di1, int lane, float (&s)[BN / 8][4],
-                                               float (&acc)[D / 8][4], float (&m_run)[2],
-                                               float (&l_run)[2]) {
+                                               float (&m_run)[2], float (&l_run)[2],
+                                               float (&alpha)[2]) {
   const bool masked =
       !d.all_rows || d.k0 + BN > d.hi || (a.causal && d.k0 + BN - 1 > d.di_first);
   if (masked) {
@@ -632,7 +648,7 @@ __device__ __forceinline__ void softmax_update(const KernelArgs& a, const TileDe
     mx = quad_max(mx) * a.scale_log2;
     float m_new = fmaxf(m_run[rr], mx);
     float base = m_new == -INFINITY ? 0.f : m_new;
-    float alpha = fast_exp2(m_run[rr] - base);
+    alpha[rr] = fast_exp2(m_run[rr] - base);
     m_run[rr] = m_new;
     float sum = 0.f;
 #pragma unroll
@@ -641,12 +657,18 @@ __device__ __forceinline__ void softmax_update(const KernelArgs& a, const TileDe
       s[nt][2 * rr + 1] = fast_exp2(fmaf(s[nt][2 * rr + 1], a.scale_log2, -base));
       sum += s[nt][2 * rr] + s[nt][2 * rr + 1];
     }
-    l_run[rr] = l_run[rr] * alpha + sum;
+    l_run[rr] = l_run[rr] * alpha[rr] + sum;
+  }
+}
+
+template <int D>
+__device__ __forceinline__ void softmax_rescale(float (&acc)[D / 8][4], const float (&alpha)[2]) {
 #pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      acc[dt][2 * rr] *= alpha;
-      acc[dt][2 * rr + 1] *= alpha;
-    }
+  for (int dt = 0; dt < D / 8; ++dt) {
+    acc[dt][0] *= alpha[0];
+    acc[dt][1] *= alpha[0];
+    acc[dt][2] *= alpha[1];
+    acc[dt][3] *= alpha[1];
   }
 }
 
@@ -709,7 +731,9 @@ __global__ void __launch_bounds__(kFwdRows * 2, Mm::kMinBlocks)
         float s[BN / 8][4];
         zero(s);
         Mm::template qk<BM, BN>(s, sQ, sK + slot * Mm::tile_elems(BN), warp, lane);
-        softmax_update<BN, D>(a, d, idx.di0, idx.di1, lane, s, acc, m_run, l_run);
+        float alpha[2];
+        softmax_scores<BN>(a, d, idx.di0, idx.di1, lane, s, m_run, l_run, alpha);
+        softmax_rescale<D>(acc, alpha);
         Mm::template pv<BN>(acc, s, sV + slot * Mm::tile_elems(BN), warp, lane);
       });
 
@@ -810,8 +834,7 @@ __global__ void __launch_bounds__(kBwdRows * 2, D <= 64 ? 3 : 1)
         float s[BN / 8][4], dp[BN / 8][4];
         zero(s);
         zero(dp);
-        Mm::template qk<BM, BN>(s, sQ, tK, warp, lane);
-        Mm::template qk<BM, BN>(dp, sO, sV + slot * Mm::tile_elems(BN), warp, lane);
+        Mm::template qk2<BM, BN>(s, sQ, tK, dp, sO, sV + slot * Mm::tile_elems(BN), warp, lane);
         const bool masked =
             !d.all_rows || d.k0 + BN > d.hi || (a.causal && d.k0 + BN - 1 > d.di_first);
 #pragma unroll
@@ -895,8 +918,7 @@ __global__ void __launch_bounds__(kBwdRows * 2)
         float s[BN / 8][4], dp[BN / 8][4];
         zero(s);
         zero(dp);
-        Mm::template qk<BM, BN>(s, sK, tQ, warp, lane);
-        Mm::template qk<BM, BN>(dp, sV, tO, warp, lane);
+        Mm::template qk2<BM, BN>(s, sK, tQ, dp, sV, tO, warp, lane);
         const bool masked = !d.all_rows || d.k0 + BN > d.hi || (a.causal && d.k0 < d.di_last);
         const float* lrow = sL + slot * BN;
         const float* drow = sD + slot * BN;
@@ -916,8 +938,7 @@ __global__ void __launch_bounds__(kBwdRows * 2)
             s[nt][e] = p;                             // P^T
           }
         }
-        Mm::template pv<BN>(dv, s, tO, warp, lane);
-        Mm::template pv<BN>(dk, dp, tQ, warp, lane);
+        Mm::template pv2<BN>(dv, s, tO, dk, dp, tQ, warp, lane);
       });
   T* dkp = static_cast<T*>(a.dk);
   T* dvp = static_cast<T*>(a.dv);
