@@ -1,13 +1,14 @@
-// cuda_sm90.cuh: the Hopper (sm_90a) policy of the forward kernel. The tiles are
-// stored in the 128-byte swizzled layout wgmma reads (rows of 64 elements = 128
-// bytes, 16-byte chunk c of row r at chunk c ^ (r % 8), 8-row groups 1024 bytes
-// apart, tiles of d = 128 as two 64-column halves), filled by the same strided
-// cp.async loads as the portable path (each row a computed, dilated address).
-// Each warpgroup (4 warps, 64 query rows) computes S = Q K^T with
-// wgmma m64nBNk16 (both operands from shared memory) and O += P V with
-// wgmma m64n64k16 (P from registers, V from shared memory, transposed), so the
-// online softmax, masks and epilogue of forward_kernel are unchanged: the wgmma
-// accumulator of a warp has the mma.sync C layout.
+// cuda_sm90.cuh: the Hopper (sm_90a) code. Sm90Mma is the wgmma policy of the
+// one-role forward and of the backward kernels (cuda_kernels.cuh); forward_ws_kernel
+// (below) is the warp-specialized forward used by default. The tiles are stored in
+// the 128-byte swizzled layout wgmma reads (rows of 64 elements = 128 bytes,
+// 16-byte chunk c of row r at chunk c ^ (r % 8), 8-row groups 1024 bytes apart,
+// tiles of d = 128 as two 64-column halves), filled by strided cp.async loads
+// (each row a computed, dilated address). Each warpgroup (4 warps, 64 rows)
+// computes S = A B^T with wgmma m64nNk16 (both operands from shared memory) and
+// acc += P B with wgmma m64n64k16 (P from registers, B from shared memory,
+// transposed), so the softmax, masks and epilogues written for mma.sync apply
+// unchanged: the wgmma accumulator of a warp has the mma.sync C layout.
 #ifndef DA_CUDA_SM90_CUH
 #define DA_CUDA_SM90_CUH
 

@@ -471,6 +471,7 @@ class ScopedEnv {
 // DA_CUDA_PORTABLE=1 (dilated_attention.h): the mma.sync kernels (sm_80's path)
 // even where the Hopper ones would run, so one H100 checks both.
 constexpr const char* kPortableEnv = "DA_CUDA_PORTABLE";
+constexpr const char* kForwardVariantEnv = "DA_CUDA_FWD_VARIANT";
 
 void ExpectBitIdentical(const GpuOutputs& a, const GpuOutputs& b, const std::string& what) {
   EXPECT_TRUE(a.out == b.out) << "out differs: " << what;
@@ -520,6 +521,23 @@ TEST(CudaAttentionSmall, PortableKernelsMatchCpuOnChosenCases) {
   for (size_t i = 0; i < cases.size(); i++)
     CheckConfig(WithCausal(cases[i], static_cast<int>((i + 1) % 2)), kDtypes[i % 2], rng, &worst);
   worst.Print("small chosen cases, DA_CUDA_PORTABLE=1");
+}
+
+// The other Hopper forward kernels (DA_CUDA_FWD_VARIANT: 1 warp-specialized
+// without ping-pong, 2 the one-role kernel; 0, the default, ran above). On
+// other GPUs the variable is ignored and these repeat the portable path.
+TEST(CudaAttentionSmall, OtherHopperForwardKernelsMatchCpuOnChosenCases) {
+  REQUIRE_GPU();
+  for (const char* variant : {"1", "2"}) {
+    ScopedEnv env(kForwardVariantEnv, variant);
+    std::mt19937_64 rng(0x5eed0c07);
+    WorstErrors worst;
+    const std::vector<Config> cases = ChosenCases(/*small=*/true);
+    for (size_t i = 0; i < cases.size(); i++)
+      CheckConfig(WithCausal(cases[i], static_cast<int>(i % 2)), kDtypes[(i + 1) % 2], rng,
+                  &worst);
+    worst.Print((std::string("small chosen cases, DA_CUDA_FWD_VARIANT=") + variant).c_str());
+  }
 }
 
 // More sequences than travel in the launch parameters (DA_CUDA_MAX_INLINE_SEQS):
