@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attention/cuda_geometry.h"
 #include "attention/cuda_launch.h"
 #include "attention/dilated_attention.h"
 #include "attention/params.h"
@@ -118,23 +119,11 @@ da_status prepare(const da_attention_params* params, const da_attention_batch* b
   if ((st = da_attn_plan_init(params, batch, &plan)) != DA_STATUS_SUCCESS) return st;
   KernelArgs& a = out->args;
   memset(&a, 0, sizeof a);
-  a.h = plan.h;
-  a.h_kv = plan.h_kv;
-  a.d = plan.d;
-  a.scale = plan.scale;
-  a.scale_log2 = plan.scale * 1.4426950408889634f;
-  a.causal = plan.causal;
-  a.mode = plan.mode;
-  a.offset = plan.offset;
-  a.num_patterns = plan.num_patterns;
+  da_cuda::args_from_plan(plan, &a);
   a.use_wgmma = use_wgmma(major);
   a.fwd_variant = fwd_variant();
   int w_max = 0;
-  for (int i = 0; i < plan.num_patterns; ++i) {
-    a.w[i] = plan.w[i];
-    a.r[i] = plan.r[i];
-    w_max = plan.w[i] > w_max ? plan.w[i] : w_max;
-  }
+  for (int i = 0; i < plan.num_patterns; ++i) w_max = plan.w[i] > w_max ? plan.w[i] : w_max;
   if (plan.h > 65535 || plan.h_kv > 65535)
     return da_error_set(DA_STATUS_NOT_SUPPORTED,
                         "params->num_heads=%d: the CUDA passes take at most 65535 heads",

@@ -1,0 +1,180 @@
+// The CUDA kernels' row and tile geometry, checked on the CPU (no GPU needed, so
+// a geometry bug fails CI). For each configuration, every CTA a launch covers is
+// walked the way the kernels walk it (row_geometry, tiles_for, own_rows,
+// TileStream, desc_row_index, pair_selected) at the row and tile sizes the
+// kernels use, on both sides: own rows are queries (forward, dQ) or keys (dK/dV,
+// every query head of a kv head). The (head, query, key) pairs it produces must be
+// exactly those of docs/semantics.md, each once per pattern that selects it
+// (LongNet's multiset), and every position must be owned by exactly one CTA.
+#include <gtest/gtest.h>
+#include <stdint.h>
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "attention/cuda_geometry.h"
+#include "attention/params.h"
+#include "tests/attention/test_util.h"
+
+namespace {
+
+using da_test::Config;
+
+// counts[(j * n + q) * n + k]: how often query q of head j meets key k.
+using PairCounts = std::vector<uint16_t>;
+
+// The semantics by brute force over every (query, key) of one sequence.
+PairCounts ExpectedPairs(const da_attn_plan& plan, int n) {
+  PairCounts c(static_cast<size_t>(plan.h) * n * n, 0);
+  for (int j = 0; j < plan.h; j++) {
+    for (int i = 0; i < plan.num_patterns; i++) {
+      if (!da_attn_uses_pattern(&plan, i, j)) continue;
+      const int w = plan.w[i], r = plan.r[i], o = da_attn_offset(&plan, i, j);
+      auto selected = [&](int p) {
+        const int x = p % w - o;
+        return x >= 0 && x % r == 0;
+      };
+      for (int q = 0; q < n; q++) {
+        if (!selected(q)) continue;
+        const int seg = q / w * w;
+        for (int k = seg; k < n && k < seg + w; k++)
+          if (selected(k) && (!plan.causal || k <= q)) c[(static_cast<size_t>(j) * n + q) * n + k]++;
+      }
+    }
+  }
+  return c;
+}
+
+struct Walk {
+  PairCounts pairs;
+  int failures = 0;  // structural problems, reported once each
+};
+
+// What the CTAs of one side produce for a sequence of n positions.
+Walk KernelPairs(const da_cuda::KernelArgs& a, int n, int rows, int bn, int kv_side) {
+  Walk out;
+  out.pairs.assign(static_cast<size_t>(a.h) * n * n, 0);
+  const int sets = kv_side ? a.h_kv : a.h, group = kv_side ? a.h / a.h_kv : 1;
+  auto fail = [&](const std::string& what) {
+    if (out.failures++ < 5) ADD_FAILURE() << what;
+  };
+  for (int s = 0; s < sets; s++) {
+    std::vector<int> owned(n, 0);
+    const da_cuda::RowGeometry g = da_cuda::row_geometry(a, s * group, group, rows);
+    const int tiles = da_cuda::tiles_for(g, rows, n);
+    for (int tile = 0; tile < tiles; tile++) {
+      da_cuda::OwnRows own;
+      if (!da_cuda::own_rows(g, rows, n, tile, &own)) continue;
+      if (own.nrows < 1 || own.nrows > rows || own.p0 < 0 ||
+          own.p0 + static_cast<int64_t>(own.L) * (own.nrows - 1) >= n) {
+        fail("CTA " + std::to_string(tile) + " owns rows outside the sequence");
+        continue;
+      }
+      for (int t = 0; t < own.nrows; t++) owned[own.p0 + own.L * t]++;
+      da_cuda::TileStream stream(a, n, own, s * group, group, kv_side, bn, 0);
+      da_cuda::TileDesc d;
+      while (stream.next(&d)) {
+        if (d.valid < 1 || d.valid > bn || d.j < s * group || d.j >= (s + 1) * group) {
+          fail("tile with " + std::to_string(d.valid) + " rows of head " + std::to_string(d.j));
+          continue;
+        }
+        for (int t = 0; t < own.nrows; t++) {
+          const int di = da_cuda::desc_row_index(d, own, t);
+          const int mine = own.p0 + own.L * t;
+          for (int c = 0; c < d.valid; c++) {
+            const bool pair = kv_side ? da_cuda::pair_selected<1>(di, d.k0 + c, d.hi, a.causal)
+                                      : da_cuda::pair_selected<0>(di, d.k0 + c, d.hi, a.causal);
+            if (!pair) continue;
+            const int64_t other = d.token + static_cast<int64_t>(d.r) * c;
+            if (other < 0 || other >= n) {
+              fail("a pair with position " + std::to_string(other) + " outside the sequence");
+              continue;
+            }
+            const int64_t q = kv_side ? other : mine, k = kv_side ? mine : other;
+            out.pairs[(static_cast<size_t>(d.j) * n + q) * n + k]++;
+          }
+        }
+      }
+    }
+    for (int p = 0; p < n; p++)
+      if (owned[p] != 1)
+        fail("position " + std::to_string(p) + " of head set " + std::to_string(s) + " is owned " +
+             std::to_string(owned[p]) + " times");
+  }
+  return out;
+}
+
+// Both sides at the kernels' sizes: forward 128 rows (64- and 128-key tiles: the
+// portable and the Hopper kernels), dQ and dK/dV 64 rows with 64-row tiles.
+void CheckGeometry(const Config& c) {
+  const da_attention_params p = c.Params();
+  const da_attention_batch b = c.Batch();
+  da_attn_plan plan;
+  ASSERT_EQ(da_attn_plan_init(&p, &b, &plan), DA_STATUS_SUCCESS) << da_last_error();
+  da_cuda::KernelArgs a = {};
+  da_cuda::args_from_plan(plan, &a);
+  struct Side {
+    int rows, bn, kv_side;
+  };
+  const Side sides[] = {{da_cuda::kFwdRows, da_cuda::kOtherRows, 0},
+                        {da_cuda::kFwdRows, 128, 0},
+                        {da_cuda::kBwdRows, da_cuda::kOtherRows, 0},
+                        {da_cuda::kBwdRows, da_cuda::kOtherRows, 1}};
+  for (int64_t s = 0; s < plan.batch; s++) {
+    const int n = static_cast<int>(da_attn_seq_len(&plan, s));
+    if (n == 0) continue;
+    const PairCounts want = ExpectedPairs(plan, n);
+    for (const Side& side : sides) {
+      const Walk got = KernelPairs(a, n, side.rows, side.bn, side.kv_side);
+      size_t wrong = 0, first = 0;
+      for (size_t x = 0; x < want.size(); x++)
+        if (got.pairs[x] != want[x] && wrong++ == 0) first = x;
+      if (wrong > 0 || got.failures > 0) {
+        const size_t j = first / (static_cast<size_t>(n) * n), q = first / n % n, k = first % n;
+        ADD_FAILURE() << wrong << " (head, query, key) counts differ, first head " << j
+                      << " query " << q << " key " << k << ": " << got.pairs[first]
+                      << " instead of " << want[first] << " (rows " << side.rows << ", tiles "
+                      << side.bn << (side.kv_side ? ", key side" : ", query side")
+                      << ", sequence " << s << " of length " << n << ")\n"
+                      << c.Describe();
+        return;
+      }
+    }
+  }
+}
+
+TEST(CudaGeometry, CoversExactlyTheSemanticPairsOnRandomConfigs) {
+  std::mt19937_64 rng(0x6e0e7e01);
+  const int configs = da_test::ScaledCount(600);
+  for (int i = 0; i < configs && !HasFailure(); i++) CheckGeometry(da_test::RandomConfig(rng, 4e6));
+}
+
+// Shapes where the rows line up with every pattern (G = gcd(w) >= rows * lcm(r)),
+// so the kernels take their unmasked path, plus lcm(r) > 64 and segments that are
+// not multiples of the chunk.
+TEST(CudaGeometry, CoversExactlyTheSemanticPairsOnAlignedAndAdversarialShapes) {
+  std::vector<Config> cases = {
+      da_test::Chosen({2048, 4096, 8192, 16384, 32768}, {1, 2, 4, 8, 16}, 2300, 2, 64),
+      da_test::Chosen({512, 1024}, {1, 2}, 3000, 3, 64),
+      da_test::Chosen({1024, 2048}, {2, 8}, 2100, 2, 64),
+      da_test::Chosen({700, 1400}, {5, 7}, 1500, 2, 64),     // lcm 35, unaligned
+      da_test::Chosen({990, 1980}, {9, 11}, 2000, 2, 64),    // lcm 99 > 64: L = 1
+      da_test::Chosen({96, 200}, {3, 5}, 1111, 2, 64),
+  };
+  Config hg = da_test::Chosen({2048, 4096, 8192, 16384, 32768}, {1, 2, 4, 8, 16}, 2100, 5, 64);
+  hg.mode = DA_MODE_HEAD_GROUP;
+  cases.push_back(hg);
+  Config gqa = da_test::Chosen({512, 1024}, {1, 2}, 1900, 4, 64);
+  gqa.h_kv = 2;
+  cases.push_back(gqa);
+  for (Config c : cases) {
+    for (int causal = 0; causal <= 1; causal++) {
+      c.causal = causal;
+      CheckGeometry(c);
+      if (HasFailure()) return;
+    }
+  }
+}
+
+}  // namespace
