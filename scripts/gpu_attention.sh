@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Everything the CUDA attention kernels need checked on a GPU, in one device call
+# (budgeted to stay inside a 10-minute command): the CUDA attention test, memcheck
+# and synccheck on its small cases, the forward/backward throughput of every
+# kernel path side by side (`da bench`, n = 128K, h = 16, LongNet patterns), and,
+# with DA_GPU_FULL_BENCH=1, the full side-by-side benchmark against the PyTorch
+# peers (tools/bench/bench_attention.py). Logs under $OUT; a short table last.
+#
+# Here:   scripts/gpu_bundle.sh cuda_attention   (bundle into gpu_carry/)
+# There:  bash scripts/gpu_attention.sh          (device call with carry gpu_carry)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bundle=${1:-gpu_carry}
+out=${OUT:-gpu_out}
+mkdir -p "$out"
+export LD_LIBRARY_PATH="$PWD/$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+test_bin="$bundle/tests/attention_cuda_attention_test"
+da="$bundle/tools/da"
+sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+summary="$out/summary.txt"
+: >"$summary"
+row() { printf '%-46s %s\n' "$1" "$2" | tee -a "$summary"; }
+
+row "gpu" "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1)"
+
+timeout 240 "$test_bin" >"$out/test.log" 2>&1
+row "cuda_attention_test" "rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$out/test.log" | tr '\n' ' ')"
+
+for tool in memcheck synccheck; do
+  timeout 90 "$sanitizer" --tool "$tool" --error-exitcode 9 "$test_bin" \
+    --gtest_filter='CudaAttentionSmall.MatchesCpuOnChosenCases' >"$out/sanitize_$tool.log" 2>&1
+  row "$tool (small chosen cases)" "rc=$? $(grep -m1 'ERROR SUMMARY' "$out/sanitize_$tool.log")"
+done
+
+# One `da bench` per kernel path: "label env" pairs.
+paths=("warp-specialized DA_CUDA_FWD_VARIANT=0" "no-ping-pong DA_CUDA_FWD_VARIANT=1"
+       "one-role DA_CUDA_FWD_VARIANT=2" "portable DA_CUDA_PORTABLE=1")
+printf '%-18s %4s %10s %10s %10s\n' "path" "d" "fwd" "bwd" "fwd+bwd" >"$out/paths.txt"
+for d in 64 128; do
+  for entry in "${paths[@]}"; do
+    label=${entry%% *}
+    env "${entry#* }" timeout 60 "$da" bench --backend cuda --n 131072 --heads 16 --head-dim "$d" \
+      --pass fwdbwd --repeats 10 --json >"$out/bench_${label}_$d.json" 2>"$out/bench_${label}_$d.err"
+    python3 - "$out/bench_${label}_$d.json" "$label" "$d" >>"$out/paths.txt" <<'EOF'
+import json, sys
+try:
+    j = json.load(open(sys.argv[1]))
+    f, b, fb = j["forward"], j["backward"], j["forward_backward"]
+    print("%-18s %4s %10.1f %10.1f %10.1f" % (sys.argv[2], sys.argv[3], f["effective_tflops"],
+                                              b["effective_tflops"], fb["effective_tflops"]))
+except Exception as e:  # a failed run leaves its .err beside it
+    print("%-18s %4s %s" % (sys.argv[2], sys.argv[3], "failed: %s" % e))
+EOF
+  done
+done
+row "kernel paths (TFLOP/s, n = 128K)" "$out/paths.txt"
+
+if [ "${DA_GPU_FULL_BENCH:-0}" = 1 ]; then
+  timeout 330 python3 tools/bench/bench_attention.py --library "$bundle/libdilated_attention.so" \
+    --budget-s 300 --json "$out/bench.json" --csv "$out/bench.csv" >"$out/bench.log" 2>&1
+  row "bench_attention.py" "rc=$? $(grep -c ' ms ' "$out/bench.log") rows"
+fi
+
+echo
+cat "$summary"
+cat "$out/paths.txt"
