@@ -79,6 +79,15 @@ int fwd_variant() {
   return v >= 0 && v <= 2 ? v : 0;
 }
 
+// Which Hopper backward runs: DA_CUDA_BWD_VARIANT=0 (default) the
+// warp-specialized dQ and dK/dV kernels, 1 the one-role ones, 2 the
+// warp-specialized dQ with the one-role dK/dV.
+int bwd_variant() {
+  const char* env = getenv("DA_CUDA_BWD_VARIANT");
+  int v = env != nullptr ? atoi(env) : 0;
+  return v >= 0 && v <= 2 ? v : 0;
+}
+
 // The pointer must be device (or managed) memory the current device can use.
 da_status check_device_pointer(const void* p, const char* name, int device) {
   if (p == nullptr) return da_error_set(DA_STATUS_INVALID_ARGUMENT, "%s must not be NULL", name);
@@ -122,6 +131,7 @@ da_status prepare(const da_attention_params* params, const da_attention_batch* b
   da_cuda::args_from_plan(plan, &a);
   a.use_wgmma = use_wgmma(major);
   a.fwd_variant = fwd_variant();
+  a.bwd_variant = bwd_variant();
   int w_max = 0;
   for (int i = 0; i < plan.num_patterns; ++i) w_max = plan.w[i] > w_max ? plan.w[i] : w_max;
   if (plan.h > 65535 || plan.h_kv > 65535)

@@ -548,6 +548,99 @@ constexpr int backward_smem_bytes() {
          2 * backward_stages<D>() * kOtherRows * 4 + Mm::kAlign;
 }
 
+// dQ's element step for a warp's two rows (di0 / di1 their own dilated indices,
+// -1 when unselected; lse2 the rows' LSE in log2 units, dlt their delta): s = S
+// and dp = dP become dS = P (dP - delta) in s, P = 2^(S scale_log2 - lse2), with
+// unselected pairs 0.
+template <int BN>
+__device__ __forceinline__ void dq_scores(const KernelArgs& a, const TileDesc& d, int di0, int di1,
+                                          int lane, const float (&lse2)[2],
+                                          const float (&dlt)[2], float (&s)[BN / 8][4],
+                                          const float (&dp)[BN / 8][4]) {
+  const bool masked =
+      !d.all_rows || d.k0 + BN > d.hi || (a.causal && d.k0 + BN - 1 > d.di_first);
+#pragma unroll
+  for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      int rr = e >> 1;
+      float p = fast_exp2(fmaf(s[nt][e], a.scale_log2, -lse2[rr]));
+      if (masked) {
+        int kk = d.k0 + nt * 8 + (lane % 4) * 2 + (e & 1);
+        // pair_selected<0>, written out: the call form changed the backward's
+        // register allocation (not measured on a GPU).
+        int di = rr ? di1 : di0;
+        bool ok = di >= 0 && kk < d.hi && (!a.causal || kk <= di);
+        p = ok ? p : 0.f;
+      }
+      s[nt][e] = p * (dp[nt][e] - dlt[rr]);  // dS
+    }
+  }
+}
+
+// dK/dV's element step for a warp's two key rows against the tile's query
+// columns (their lse and delta in lrow / drow): s = S^T and dp = dP^T become
+// P^T in s and dS^T in dp, unselected pairs 0.
+template <int BN>
+__device__ __forceinline__ void dkdv_scores(const KernelArgs& a, const TileDesc& d, int di0,
+                                            int di1, int lane, const float* lrow,
+                                            const float* drow, float (&s)[BN / 8][4],
+                                            float (&dp)[BN / 8][4]) {
+  const bool masked = !d.all_rows || d.k0 + BN > d.hi || (a.causal && d.k0 < d.di_last);
+#pragma unroll
+  for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      int col = nt * 8 + (lane % 4) * 2 + (e & 1);
+      float p = fast_exp2(fmaf(s[nt][e], a.scale_log2, -lrow[col] * kLog2e));
+      if (masked) {
+        // pair_selected<1>, written out (see dq_scores).
+        int qq = d.k0 + col;
+        int di = e < 2 ? di0 : di1;
+        bool ok = di >= 0 && qq < d.hi && (!a.causal || qq >= di);
+        p = ok ? p : 0.f;
+      }
+      dp[nt][e] = p * (dp[nt][e] - drow[col]);  // dS^T
+      s[nt][e] = p;                             // P^T
+    }
+  }
+}
+
+// The dilated query-side rows of tile d (q and dout of head d.j, their lse and
+// delta) into ring slot `slot` (dK/dV streams these).
+template <typename T, int D, class Mm, int BN, int NT>
+__device__ __forceinline__ void load_qo(const KernelArgs& a, const TileDesc& d, int slot, T* sQ,
+                                        T* sO, float* sL, float* sD, int tid) {
+  long long stride = (long long)d.r * a.h * D, first = (d.token * a.h + d.j) * D;
+  Mm::template load<BN, NT>(sQ + slot * Mm::tile_elems(BN), static_cast<const T*>(a.q) + first,
+                            stride, d.valid, tid);
+  Mm::template load<BN, NT>(sO + slot * Mm::tile_elems(BN), static_cast<const T*>(a.dout) + first,
+                            stride, d.valid, tid);
+  for (int c = tid; c < 2 * BN; c += NT) {
+    int row = c % BN;
+    bool ok = row < d.valid;
+    long long idx = (d.token + (long long)d.r * row) * a.h + d.j;
+    const float* src = c < BN ? a.lse_in : a.delta;
+    cp_async4((c < BN ? sL : sD) + slot * BN + row, ok ? src + idx : src, ok);
+  }
+}
+
+// The LSE (log2 units) and delta of own query rows row0 and row0 + 8 of head j
+// (dQ); rows past the CTA's or not covered by any pattern get P = 0.
+__device__ __forceinline__ void own_row_stats(const KernelArgs& a, long long start,
+                                              const OwnRows& own, int j, int row0,
+                                              float (&lse2)[2], float (&dlt)[2]) {
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    const int row = row0 + 8 * rr;
+    long long idx = (start + own.p0 + (long long)own.L * row) * a.h + j;
+    bool ok = row < own.nrows;
+    float l = ok ? a.lse_in[idx] : INFINITY;
+    lse2[rr] = l == -INFINITY ? INFINITY : l * kLog2e;
+    dlt[rr] = ok ? a.delta[idx] : 0.f;
+  }
+}
+
 // dQ: the CTA owns query rows of head j, streams dilated K/V tiles. At d <= 64
 // three CTAs fit an SM (shared memory allows it; the bound keeps registers <= 170).
 template <typename T, int D, class Mm>
@@ -574,19 +667,9 @@ __global__ void __launch_bounds__(kBwdRows * 2, D <= 64 ? 3 : 1)
   Mm::template load<BM, NT>(sO, static_cast<const T*>(a.dout) + q_first, q_stride, own.nrows,
                             tid);
 
-  const int row0 = warp * 16 + lane / 4, row1 = row0 + 8;
+  const int row0 = warp * 16 + lane / 4;
   float lse2[2], dlt[2];
-  {
-    const int rows[2] = {row0, row1};
-#pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-      long long idx = (start + own.p0 + (long long)own.L * rows[rr]) * a.h + j;
-      bool ok = rows[rr] < own.nrows;
-      float l = ok ? a.lse_in[idx] : INFINITY;
-      lse2[rr] = l == -INFINITY ? INFINITY : l * kLog2e;  // uncovered rows: P = 0
-      dlt[rr] = ok ? a.delta[idx] : 0.f;
-    }
-  }
+  own_row_stats(a, start, own, j, row0, lse2, dlt);
   float acc[D / 8][4];
   zero(acc);
   RowIndices idx;
@@ -602,25 +685,7 @@ __global__ void __launch_bounds__(kBwdRows * 2, D <= 64 ? 3 : 1)
         zero(s);
         zero(dp);
         Mm::template qk2<BM, BN>(s, sQ, tK, dp, sO, sV + slot * Mm::tile_elems(BN), warp, lane);
-        const bool masked =
-            !d.all_rows || d.k0 + BN > d.hi || (a.causal && d.k0 + BN - 1 > d.di_first);
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            int rr = e >> 1;
-            float p = fast_exp2(fmaf(s[nt][e], a.scale_log2, -lse2[rr]));
-            if (masked) {
-              int kk = d.k0 + nt * 8 + (lane % 4) * 2 + (e & 1);
-              // pair_selected<0>, written out: the call form changes the
-              // backward's register allocation, which no GPU has measured yet.
-              int di = rr ? di1 : di0;
-              bool ok = di >= 0 && kk < d.hi && (!a.causal || kk <= di);
-              p = ok ? p : 0.f;
-            }
-            s[nt][e] = p * (dp[nt][e] - dlt[rr]);  // dS
-          }
-        }
+        dq_scores<BN>(a, d, di0, di1, lane, lse2, dlt, s, dp);
         Mm::template pv<BN>(acc, s, tK, warp, lane);
       });
   T* dq = static_cast<T*>(a.dq);
@@ -651,8 +716,6 @@ __global__ void __launch_bounds__(kBwdRows * 2)
   int n;
   OwnRows own;
   if (!cta_rows(a, tiles_per_seq, g * group, group, BM, &start, &n, &own)) return;
-  const T* q = static_cast<const T*>(a.q);
-  const T* dout = static_cast<const T*>(a.dout);
   const long long k_stride = (long long)own.L * a.h_kv * D;
   const long long k_first = ((start + own.p0) * a.h_kv + g) * D;
   Mm::template load<BM, NT>(sK, static_cast<const T*>(a.k) + k_first, k_stride, own.nrows, tid);
@@ -666,17 +729,7 @@ __global__ void __launch_bounds__(kBwdRows * 2)
   run_tiles<ST>(
       a, n, own, g * group, group, 1, BN, start, ring,
       [&](const TileDesc& d, int slot) {
-        long long stride = (long long)d.r * a.h * D, first = (d.token * a.h + d.j) * D;
-        Mm::template load<BN, NT>(sQ + slot * Mm::tile_elems(BN), q + first, stride, d.valid, tid);
-        Mm::template load<BN, NT>(sO + slot * Mm::tile_elems(BN), dout + first, stride, d.valid,
-                                  tid);
-        for (int c = tid; c < 2 * BN; c += NT) {
-          int row = c % BN;
-          bool ok = row < d.valid;
-          long long idx = (d.token + (long long)d.r * row) * a.h + d.j;
-          const float* src = c < BN ? a.lse_in : a.delta;
-          cp_async4((c < BN ? sL : sD) + slot * BN + row, ok ? src + idx : src, ok);
-        }
+        load_qo<T, D, Mm, BN, NT>(a, d, slot, sQ, sO, sL, sD, tid);
       },
       [&]() { Mm::loaded(); },
       [&](const TileDesc& d, int slot) {
@@ -688,26 +741,7 @@ __global__ void __launch_bounds__(kBwdRows * 2)
         zero(s);
         zero(dp);
         Mm::template qk2<BM, BN>(s, sK, tQ, dp, sV, tO, warp, lane);
-        const bool masked = !d.all_rows || d.k0 + BN > d.hi || (a.causal && d.k0 < d.di_last);
-        const float* lrow = sL + slot * BN;
-        const float* drow = sD + slot * BN;
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            int col = nt * 8 + (lane % 4) * 2 + (e & 1);
-            float p = fast_exp2(fmaf(s[nt][e], a.scale_log2, -lrow[col] * kLog2e));
-            if (masked) {
-              // pair_selected<1>, written out (see dq_kernel).
-              int qq = d.k0 + col;
-              int di = e < 2 ? di0 : di1;
-              bool ok = di >= 0 && qq < d.hi && (!a.causal || qq >= di);
-              p = ok ? p : 0.f;
-            }
-            dp[nt][e] = p * (dp[nt][e] - drow[col]);  // dS^T
-            s[nt][e] = p;                             // P^T
-          }
-        }
+        dkdv_scores<BN>(a, d, di0, di1, lane, sL + slot * BN, sD + slot * BN, s, dp);
         Mm::template pv2<BN>(dv, s, tO, dk, dp, tQ, warp, lane);
       });
   T* dkp = static_cast<T*>(a.dk);
@@ -764,30 +798,42 @@ cudaError_t launch_forward(const KernelArgs& a, cudaStream_t stream) {
 }
 
 template <typename T, int D, class Mm>
-cudaError_t launch_backward_with(const KernelArgs& a, cudaStream_t stream) {
+cudaError_t launch_dkdv_with(const KernelArgs& a, cudaStream_t stream) {
   constexpr int smem = backward_smem_bytes<T, D, Mm>();
-  cudaError_t attr1 = cudaFuncSetAttribute(dq_kernel<T, D, Mm>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (attr1 != cudaSuccess) return attr1;
-  cudaError_t attr2 = cudaFuncSetAttribute(dkdv_kernel<T, D, Mm>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (attr2 != cudaSuccess) return attr2;
-  int tq = max_tiles(a, kBwdRows, false), tk = max_tiles(a, kBwdRows, true);
+  cudaError_t e = cudaFuncSetAttribute(dkdv_kernel<T, D, Mm>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e != cudaSuccess) return e;
+  int tk = max_tiles(a, kBwdRows, true);
   if (tk > 0)
     dkdv_kernel<T, D, Mm><<<dim3((unsigned)((long long)tk * a.batch), (unsigned)a.h_kv),
                             kBwdRows * 2, smem, stream>>>(a, tk);
-  cudaError_t e = cudaGetLastError();
+  return cudaGetLastError();
+}
+
+template <typename T, int D, class Mm>
+cudaError_t launch_backward_with(const KernelArgs& a, cudaStream_t stream) {
+  constexpr int smem = backward_smem_bytes<T, D, Mm>();
+  cudaError_t e = cudaFuncSetAttribute(dq_kernel<T, D, Mm>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
+  if ((e = launch_dkdv_with<T, D, Mm>(a, stream)) != cudaSuccess) return e;
+  int tq = max_tiles(a, kBwdRows, false);
   if (tq > 0)
     dq_kernel<T, D, Mm><<<dim3((unsigned)((long long)tq * a.batch), (unsigned)a.h),
                           kBwdRows * 2, smem, stream>>>(a, tq);
   return cudaGetLastError();
 }
 
+// The warp-specialized Hopper backward (cuda_sm90.cuh).
+template <typename T, int D>
+cudaError_t launch_backward_ws(const KernelArgs& a, cudaStream_t stream);
+
 template <typename T, int D>
 cudaError_t launch_backward(const KernelArgs& a, cudaStream_t stream) {
   if constexpr (D == 64 || D == 128) {
-    if (a.use_wgmma) return launch_backward_with<T, D, Sm90Mma<T, D>>(a, stream);
+    if (a.use_wgmma)
+      return a.bwd_variant != 1 ? launch_backward_ws<T, D>(a, stream)
+                                : launch_backward_with<T, D, Sm90Mma<T, D>>(a, stream);
   }
   return launch_backward_with<T, D, SyncMma<T, D>>(a, stream);
 }

@@ -38,6 +38,8 @@ struct KernelArgs {
   int use_wgmma;  // Hopper (sm_90) forward path for d = 64 / 128
   int fwd_variant;  // Hopper forward: 0 warp-specialized ping-pong, 1 without
                     // ping-pong, 2 the one-role kernel (DA_CUDA_FWD_VARIANT)
+  int bwd_variant;  // Hopper backward: 0 warp-specialized, 1 the one-role kernels,
+                    // 2 warp-specialized dQ, one-role dK/dV (DA_CUDA_BWD_VARIANT)
   int w[DA_MAX_PATTERNS];
   int r[DA_MAX_PATTERNS];
 
@@ -57,6 +59,7 @@ struct KernelArgs {
 constexpr int kFwdRows = 128;   // forward: 8 warps x 16 query rows
 constexpr int kBwdRows = 64;    // dQ and dK/dV: 4 warps x 16 rows
 constexpr int kOtherRows = 64;  // keys (forward, dQ) or queries (dK/dV) per tile
+constexpr int kBwdWsRows = 128; // warp-specialized Hopper dQ and dK/dV: 2 consumers x 64
 
 // Geometry of the rows a CTA owns for a set of heads: positions p0 + L * t of one
 // sequence (t < rows), with chunks of rows * L positions laid out inside blocks of

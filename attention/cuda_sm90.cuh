@@ -483,6 +483,13 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D>::kThreads, 1)
 #endif
 }
 
+// Registers a kernel was compiled for (-1 if unknown).
+template <class Kernel>
+int compiled_regs(Kernel kernel) {
+  cudaFuncAttributes fa;
+  return cudaFuncGetAttributes(&fa, kernel) == cudaSuccess ? fa.numRegs : -1;
+}
+
 template <typename T, int D, bool PINGPONG>
 cudaError_t launch_forward_ws(const KernelArgs& a, cudaStream_t stream) {
   using Cfg = Sm90Fwd<T, D>;
@@ -493,17 +500,220 @@ cudaError_t launch_forward_ws(const KernelArgs& a, cudaStream_t stream) {
   // setmaxnreg's balance assumes the kernel was compiled for kLaunchRegs per
   // thread; were it fewer, the consumers would wait for registers forever, so
   // the one-role kernel runs instead (checked once per instantiation).
-  static const int regs = [] {
-    cudaFuncAttributes fa;
-    return cudaFuncGetAttributes(&fa, forward_ws_kernel<T, D, PINGPONG>) == cudaSuccess
-               ? fa.numRegs
-               : -1;
-  }();
+  static const int regs = compiled_regs(forward_ws_kernel<T, D, PINGPONG>);
   if (regs != Cfg::kLaunchRegs) return launch_forward_with<T, D, Sm90Mma<T, D>>(a, stream);
   int tiles = max_tiles(a, kFwdRows, false);
   if (tiles == 0) return cudaSuccess;
   dim3 grid((unsigned)((long long)tiles * a.batch), (unsigned)a.h);
   forward_ws_kernel<T, D, PINGPONG><<<grid, Cfg::kThreads, smem, stream>>>(a, tiles);
+  return cudaGetLastError();
+}
+
+// ------------------------------------------ warp-specialized backward ----
+//
+// backward_ws_kernel: the Hopper dQ (KV_SIDE = false) and dK/dV (KV_SIDE = true)
+// passes, shaped like forward_ws_kernel. A producer warpgroup walks the
+// TileStream and loads the other side's dilated tiles into a ring (dQ: K and V;
+// dK/dV: Q, dO and their lse and delta); two consumer warpgroups of 64 own rows
+// each (128 per CTA, so each ring tile feeds twice the rows of the one-role
+// kernels) compute per tile the pair S, dP (or S^T, dP^T) in one wgmma batch,
+// the element step (dq_scores / dkdv_scores, shared with the one-role kernels)
+// and the products into their accumulators, then release the slot. The two
+// consumers run out of step, so one's element step overlaps the other's
+// products, and neither issues a load or waits on a CTA-wide barrier.
+template <typename T, int D>
+struct Sm90Bwd {
+  static constexpr int kBM = kBwdWsRows;
+  static constexpr int kBN = kOtherRows;
+  static constexpr int kStages = 4;
+  static constexpr int kAlign = 1024;
+  static constexpr int kThreads = 3 * 128;
+  // As in Sm90Fwd: compiled for 168 registers a thread, moved by setmaxnreg.
+  static constexpr int kLaunchRegs = 168;
+  static constexpr int kProducerRegs = D == 64 ? 104 : 88;
+  static constexpr int kConsumerRegs = (kLaunchRegs * 3 - kProducerRegs) / 2 / 8 * 8;
+  static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= 384 * kLaunchRegs,
+                "setmaxnreg: the consumers take more registers than the producer frees");
+  static constexpr int tile_elems(int rows) { return rows * D; }
+  // Own rows (two tiles), the ring (two tiles, lse and delta a slot), alignment.
+  // The epilogue stages 16 x (D + 8) per warp and output in the ring's tiles.
+  static constexpr int kRingElems = 2 * kStages * kBN * D;
+  static_assert(2 * kBM * (D + 8) <= kRingElems, "the epilogue's staging fits the ring");
+  static constexpr int smem_bytes() {
+    return (2 * tile_elems(kBM) + kRingElems) * (int)sizeof(T) + 2 * kStages * kBN * 4 + kAlign;
+  }
+};
+
+template <typename T, int D, bool KV_SIDE>
+__global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
+    backward_ws_kernel(const __grid_constant__ KernelArgs a, int tiles_per_seq) {
+#ifdef DA_HAVE_WGMMA  // sm_90a only (mbarrier waits, setmaxnreg, wgmma)
+  using Cfg = Sm90Bwd<T, D>;
+  using Mm = Sm90Mma<T, D>;
+  constexpr int BM = Cfg::kBM, BN = Cfg::kBN, ST = Cfg::kStages, LAG = ST - 2, S = D + 8;
+  constexpr int kTile = Cfg::tile_elems(BN);
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ TileDesc ring[ST];
+  __shared__ __align__(8) uint64_t full[ST], empty[ST];
+  // Own rows: sA = Q (dQ) or K (dK/dV), sB = dO or V. Ring slots: sX = K or Q,
+  // sY = V or dO, and (dK/dV) the query rows' lse and delta.
+  T* sA = reinterpret_cast<T*>(aligned_smem<Cfg>(smem_raw));
+  T* sB = sA + Cfg::tile_elems(BM);
+  T* sX = sB + Cfg::tile_elems(BM);
+  T* sY = sX + ST * kTile;
+  float* sL = reinterpret_cast<float*>(sY + ST * kTile);
+  float* sD = sL + ST * BN;
+  const int tid = threadIdx.x, wg = tid / 128;
+  const int group = a.h / a.h_kv;
+  const int head = blockIdx.y;  // query head (dQ) or kv head (dK/dV)
+  const int head_first = KV_SIDE ? head * group : head, head_count = KV_SIDE ? group : 1;
+  long long start;
+  int n;
+  OwnRows own;
+  if (!cta_rows(a, tiles_per_seq, head_first, head_count, BM, &start, &n, &own)) return;
+  if (tid == 0) {
+    for (int s = 0; s < ST; ++s) {
+      mbar_init(&full[s], 128);
+      mbar_init(&empty[s], 8);
+    }
+  }
+  __syncthreads();
+  const int hs = KV_SIDE ? a.h_kv : a.h;
+  const long long own_stride = (long long)own.L * hs * D;
+  const long long own_first = ((start + own.p0) * hs + head) * D;
+
+  if (wg == 0) {  // producer
+    setmaxnreg_dec<Cfg::kProducerRegs>();
+    const T* srcA = static_cast<const T*>(KV_SIDE ? a.k : a.q);
+    const T* srcB = static_cast<const T*>(KV_SIDE ? a.v : a.dout);
+    // The own rows join the first tile's cp.async group.
+    Mm::template load<BM, 128>(sA, srcA + own_first, own_stride, own.nrows, tid);
+    Mm::template load<BM, 128>(sB, srcB + own_first, own_stride, own.nrows, tid);
+    const int gkv = head / group;
+    TileStream stream(a, n, own, head_first, head_count, KV_SIDE, BN, start);
+    int issued = 0, signalled = 0;
+    for (;;) {
+      const int slot = issued % ST;
+      if (issued >= ST) mbar_wait(&empty[slot], (issued / ST - 1) & 1);
+      TileDesc d;
+      const bool more = stream.next(&d);
+      if (more) {
+        if constexpr (KV_SIDE)
+          load_qo<T, D, Mm, BN, 128>(a, d, slot, sX, sY, sL, sD, tid);
+        else
+          load_kv<T, D, Mm, BN, 128>(a, d, slot, gkv, sX, sY, tid);
+      } else {
+        d.valid = -1;  // end of the stream
+      }
+      if (tid == 0) ring[slot] = d;
+      cp_async_commit();
+      ++issued;
+      if (!more) break;
+      if (issued - signalled > LAG) {
+        cp_async_wait<LAG>();
+        fence_proxy_async();
+        mbar_arrive(&full[signalled++ % ST]);
+      }
+    }
+    cp_async_wait<0>();
+    fence_proxy_async();
+    while (signalled < issued) mbar_arrive(&full[signalled++ % ST]);
+    return;
+  }
+
+  // consumers
+  setmaxnreg_inc<Cfg::kConsumerRegs>();
+  const int cw = tid / 32 - 4, lane = tid % 32, row0 = cw * 16 + lane / 4;
+  float acc1[D / 8][4], acc2[D / 8][4];  // dQ; or dK and dV
+  zero(acc1);
+  if constexpr (KV_SIDE) zero(acc2);
+  float lse2[2], dlt[2];
+  if constexpr (!KV_SIDE) own_row_stats(a, start, own, head, row0, lse2, dlt);
+  RowIndices idx;
+  for (int i = 0;; ++i) {
+    const int slot = i % ST;
+    mbar_wait(&full[slot], (i / ST) & 1);
+    const TileDesc d = ring[slot];
+    if (d.valid < 0) break;
+    const T* tX = sX + slot * kTile;
+    const T* tY = sY + slot * kTile;
+    float s[BN / 8][4], dp[BN / 8][4];
+    wgmma_fence();
+    Mm::template qk_issue<BM, BN>(s, sA, tX, cw);
+    Mm::template qk_issue<BM, BN>(dp, sB, tY, cw);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(s);
+    fence_regs(dp);
+    idx.update(d, own, row0);
+    if constexpr (KV_SIDE) {
+      dkdv_scores<BN>(a, d, idx.di0, idx.di1, lane, sL + slot * BN, sD + slot * BN, s, dp);
+      uint32_t af1[BN / 16][4], af2[BN / 16][4];
+      Mm::template pack_p<BN>(s, af1);
+      Mm::template pack_p<BN>(dp, af2);
+      wgmma_fence();
+      Mm::template pv_issue<BN>(acc2, af1, tY);  // dV += P^T dO
+      Mm::template pv_issue<BN>(acc1, af2, tX);  // dK += dS^T Q
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(acc1);
+      fence_regs(acc2);
+    } else {
+      dq_scores<BN>(a, d, idx.di0, idx.di1, lane, lse2, dlt, s, dp);
+      uint32_t af[BN / 16][4];
+      Mm::template pack_p<BN>(s, af);
+      wgmma_fence();
+      Mm::template pv_issue<BN>(acc1, af, tX);  // dQ += dS K
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(acc1);
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[slot]);
+  }
+  named_sync(3, 256);  // both consumers are done with the ring (the epilogue stages there)
+  const int valid = own.nrows - cw * 16;
+  const long long off = own_first + (long long)cw * 16 * own_stride;
+  if constexpr (KV_SIDE) {
+    store_rows<T, D>(acc1, a.scale, a.scale, sX + cw * 16 * S, static_cast<T*>(a.dk) + off,
+                     own_stride, valid, lane);
+    store_rows<T, D>(acc2, 1.f, 1.f, sX + (BM + cw * 16) * S, static_cast<T*>(a.dv) + off,
+                     own_stride, valid, lane);
+  } else {
+    store_rows<T, D>(acc1, a.scale, a.scale, sX + cw * 16 * S, static_cast<T*>(a.dq) + off,
+                     own_stride, valid, lane);
+  }
+#else
+  (void)a, (void)tiles_per_seq;
+  __trap();
+#endif
+}
+
+template <typename T, int D>
+cudaError_t launch_backward_ws(const KernelArgs& a, cudaStream_t stream) {
+  using Cfg = Sm90Bwd<T, D>;
+  constexpr int smem = Cfg::smem_bytes();
+  auto* dkdv = backward_ws_kernel<T, D, true>;
+  auto* dq = backward_ws_kernel<T, D, false>;
+  // setmaxnreg's balance, as in launch_forward_ws: else the one-role kernels.
+  static const bool regs_ok =
+      compiled_regs(dkdv) == Cfg::kLaunchRegs && compiled_regs(dq) == Cfg::kLaunchRegs;
+  if (!regs_ok) return launch_backward_with<T, D, Sm90Mma<T, D>>(a, stream);
+  cudaError_t e = cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e == cudaSuccess)
+    e = cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e != cudaSuccess) return e;
+  const int tk = max_tiles(a, Cfg::kBM, true), tq = max_tiles(a, Cfg::kBM, false);
+  if (a.bwd_variant == 2) {  // the one-role dK/dV kernel with this dQ
+    if ((e = launch_dkdv_with<T, D, Sm90Mma<T, D>>(a, stream)) != cudaSuccess) return e;
+  } else if (tk > 0) {
+    dkdv<<<dim3((unsigned)((long long)tk * a.batch), (unsigned)a.h_kv), Cfg::kThreads, smem,
+           stream>>>(a, tk);
+  }
+  if ((e = cudaGetLastError()) != cudaSuccess) return e;
+  if (tq > 0)
+    dq<<<dim3((unsigned)((long long)tq * a.batch), (unsigned)a.h), Cfg::kThreads, smem, stream>>>(
+        a, tq);
   return cudaGetLastError();
 }
 

@@ -3,8 +3,9 @@
 # (budgeted to stay inside a 10-minute command): the CUDA attention test, memcheck
 # and synccheck on its small cases, the forward/backward throughput of every
 # kernel path side by side (`da bench`, n = 128K, h = 16, LongNet patterns), and,
-# with DA_GPU_FULL_BENCH=1, the full side-by-side benchmark against the PyTorch
-# peers (tools/bench/bench_attention.py). Logs under $OUT; a short table last.
+# on request (DA_GPU_STEPS, below), Nsight Compute on each kernel and the full
+# side-by-side benchmark against the PyTorch peers (tools/bench/bench_attention.py).
+# Logs under $OUT; a short table last.
 #
 # Here:   scripts/gpu_bundle.sh cuda_attention   (bundle into gpu_carry/)
 # There:  bash scripts/gpu_attention.sh          (device call with carry gpu_carry)
@@ -12,7 +13,13 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bundle=${1:-gpu_carry}
 out=${OUT:-gpu_out}
+# The device tool brings back at most 8 files: the logs worth reading go to $OUT,
+# per-run scratch (bench JSON, stderr) to $tmp.
+tmp=$(mktemp -d)
 mkdir -p "$out"
+# DA_GPU_STEPS picks the steps (default: test sanitize paths; also profile, bench).
+steps=" ${DA_GPU_STEPS:-test sanitize paths} "
+want() { [[ "$steps" == *" $1 "* ]]; }
 export LD_LIBRARY_PATH="$PWD/$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 test_bin="$bundle/tests/attention_cuda_attention_test"
 da="$bundle/tools/da"
@@ -23,25 +30,30 @@ row() { printf '%-46s %s\n' "$1" "$2" | tee -a "$summary"; }
 
 row "gpu" "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1)"
 
+if want test; then
 timeout 240 "$test_bin" >"$out/test.log" 2>&1
 row "cuda_attention_test" "rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$out/test.log" | tr '\n' ' ')"
+fi
 
-for tool in memcheck synccheck; do
+want sanitize && for tool in memcheck synccheck; do
   timeout 90 "$sanitizer" --tool "$tool" --error-exitcode 9 "$test_bin" \
     --gtest_filter='CudaAttentionSmall.MatchesCpuOnChosenCases' >"$out/sanitize_$tool.log" 2>&1
   row "$tool (small chosen cases)" "rc=$? $(grep -m1 'ERROR SUMMARY' "$out/sanitize_$tool.log")"
 done
 
 # One `da bench` per kernel path: "label env" pairs.
-paths=("warp-specialized DA_CUDA_FWD_VARIANT=0" "no-ping-pong DA_CUDA_FWD_VARIANT=1"
-       "one-role DA_CUDA_FWD_VARIANT=2" "portable DA_CUDA_PORTABLE=1")
+if want paths; then
+# Forward variants (the default backward beside each), then backward variants.
+paths=("default DA_CUDA_FWD_VARIANT=0" "fwd-no-ping-pong DA_CUDA_FWD_VARIANT=1"
+       "fwd-one-role DA_CUDA_FWD_VARIANT=2" "bwd-one-role DA_CUDA_BWD_VARIANT=1"
+       "bwd-ws-dq-only DA_CUDA_BWD_VARIANT=2" "portable DA_CUDA_PORTABLE=1")
 printf '%-18s %4s %10s %10s %10s\n' "path" "d" "fwd" "bwd" "fwd+bwd" >"$out/paths.txt"
 for d in 64 128; do
   for entry in "${paths[@]}"; do
     label=${entry%% *}
     env "${entry#* }" timeout 60 "$da" bench --backend cuda --n 131072 --heads 16 --head-dim "$d" \
-      --pass fwdbwd --repeats 10 --json >"$out/bench_${label}_$d.json" 2>"$out/bench_${label}_$d.err"
-    python3 - "$out/bench_${label}_$d.json" "$label" "$d" >>"$out/paths.txt" <<'EOF'
+      --pass fwdbwd --repeats 10 --json >"$tmp/bench_${label}_$d.json" 2>"$tmp/bench_${label}_$d.err"
+    python3 - "$tmp/bench_${label}_$d.json" "$label" "$d" >>"$out/paths.txt" <<'EOF'
 import json, sys
 try:
     j = json.load(open(sys.argv[1]))
@@ -54,13 +66,29 @@ EOF
   done
 done
 row "kernel paths (TFLOP/s, n = 128K)" "$out/paths.txt"
+fi
 
-if [ "${DA_GPU_FULL_BENCH:-0}" = 1 ]; then
+# profile: Nsight Compute on one launch of each kernel of a fwd+bwd step
+# (n = 32K, d = 64 and 128): speed of light, pipes, shared memory, warp stalls.
+if want profile; then
+  ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  for d in 64 128; do
+    timeout 150 "$ncu" -k 'regex:forward|dq_kernel|dkdv_kernel' -c 3 \
+      --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+      --section WarpStateStats --section LaunchStats --section Occupancy \
+      --metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,l1tex__data_pipe_lsu_wavefronts_mem_shared.avg.pct_of_peak_sustained_elapsed \
+      "$da" bench --backend cuda --n 32768 --heads 16 --head-dim "$d" --pass fwdbwd \
+      --warmup 0 --repeats 1 >"$out/ncu_$d.txt" 2>&1
+    row "ncu d=$d" "rc=$? $(grep -c '  Section: ' "$out/ncu_$d.txt") sections"
+  done
+fi
+
+if want bench; then
   timeout 330 python3 tools/bench/bench_attention.py --library "$bundle/libdilated_attention.so" \
-    --budget-s 300 --json "$out/bench.json" --csv "$out/bench.csv" >"$out/bench.log" 2>&1
+    --budget-s 300 --json "$tmp/bench.json" --csv "$out/bench.csv" >"$out/bench.log" 2>&1
   row "bench_attention.py" "rc=$? $(grep -c ' ms ' "$out/bench.log") rows"
 fi
 
 echo
 cat "$summary"
-cat "$out/paths.txt"
+[ -f "$out/paths.txt" ] && cat "$out/paths.txt"; rm -rf "$tmp"

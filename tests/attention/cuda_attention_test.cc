@@ -472,6 +472,7 @@ class ScopedEnv {
 // even where the Hopper ones would run, so one H100 checks both.
 constexpr const char* kPortableEnv = "DA_CUDA_PORTABLE";
 constexpr const char* kForwardVariantEnv = "DA_CUDA_FWD_VARIANT";
+constexpr const char* kBackwardVariantEnv = "DA_CUDA_BWD_VARIANT";
 
 void ExpectBitIdentical(const GpuOutputs& a, const GpuOutputs& b, const std::string& what) {
   EXPECT_TRUE(a.out == b.out) << "out differs: " << what;
@@ -523,20 +524,26 @@ TEST(CudaAttentionSmall, PortableKernelsMatchCpuOnChosenCases) {
   worst.Print("small chosen cases, DA_CUDA_PORTABLE=1");
 }
 
-// The other Hopper forward kernels (DA_CUDA_FWD_VARIANT: 1 warp-specialized
-// without ping-pong, 2 the one-role kernel; 0, the default, ran above). On
-// other GPUs the variable is ignored and these repeat the portable path.
-TEST(CudaAttentionSmall, OtherHopperForwardKernelsMatchCpuOnChosenCases) {
+// The other Hopper kernels (the defaults ran above): DA_CUDA_FWD_VARIANT 1
+// (warp-specialized forward without ping-pong) and 2 (one-role forward),
+// DA_CUDA_BWD_VARIANT 1 (one-role dQ and dK/dV) and 2 (warp-specialized dQ,
+// one-role dK/dV). On other GPUs the variables are ignored and these repeat the
+// portable path.
+TEST(CudaAttentionSmall, OtherHopperKernelsMatchCpuOnChosenCases) {
   REQUIRE_GPU();
-  for (const char* variant : {"1", "2"}) {
-    ScopedEnv env(kForwardVariantEnv, variant);
+  const std::pair<const char*, const char*> variants[] = {{kForwardVariantEnv, "1"},
+                                                          {kForwardVariantEnv, "2"},
+                                                          {kBackwardVariantEnv, "1"},
+                                                          {kBackwardVariantEnv, "2"}};
+  for (const auto& [name, value] : variants) {
+    ScopedEnv env(name, value);
     std::mt19937_64 rng(0x5eed0c07);
     WorstErrors worst;
     const std::vector<Config> cases = ChosenCases(/*small=*/true);
     for (size_t i = 0; i < cases.size(); i++)
       CheckConfig(WithCausal(cases[i], static_cast<int>(i % 2)), kDtypes[(i + 1) % 2], rng,
                   &worst);
-    worst.Print((std::string("small chosen cases, DA_CUDA_FWD_VARIANT=") + variant).c_str());
+    worst.Print((std::string("small chosen cases, ") + name + "=" + value).c_str());
   }
 }
 

@@ -106,7 +106,8 @@ Walk KernelPairs(const da_cuda::KernelArgs& a, int n, int rows, int bn, int kv_s
 }
 
 // Both sides at the kernels' sizes: forward 128 rows (64- and 128-key tiles: the
-// portable and the Hopper kernels), dQ and dK/dV 64 rows with 64-row tiles.
+// portable and the Hopper kernels), dQ and dK/dV 64 rows (one-role kernels) and
+// 128 rows (warp-specialized Hopper kernels) with 64-row tiles.
 void CheckGeometry(const Config& c) {
   const da_attention_params p = c.Params();
   const da_attention_batch b = c.Batch();
@@ -120,7 +121,9 @@ void CheckGeometry(const Config& c) {
   const Side sides[] = {{da_cuda::kFwdRows, da_cuda::kOtherRows, 0},
                         {da_cuda::kFwdRows, 128, 0},
                         {da_cuda::kBwdRows, da_cuda::kOtherRows, 0},
-                        {da_cuda::kBwdRows, da_cuda::kOtherRows, 1}};
+                        {da_cuda::kBwdRows, da_cuda::kOtherRows, 1},
+                        {da_cuda::kBwdWsRows, da_cuda::kOtherRows, 0},
+                        {da_cuda::kBwdWsRows, da_cuda::kOtherRows, 1}};
   for (int64_t s = 0; s < plan.batch; s++) {
     const int n = static_cast<int>(da_attn_seq_len(&plan, s));
     if (n == 0) continue;
