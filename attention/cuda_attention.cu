@@ -80,12 +80,11 @@ int fwd_variant() {
 }
 
 // Which Hopper backward runs: DA_CUDA_BWD_VARIANT=0 (default) the
-// warp-specialized dQ and dK/dV kernels, 1 the one-role ones, 2 the
-// warp-specialized dQ with the one-role dK/dV.
+// warp-specialized dQ and dK/dV kernels, 1 the one-role ones.
 int bwd_variant() {
   const char* env = getenv("DA_CUDA_BWD_VARIANT");
   int v = env != nullptr ? atoi(env) : 0;
-  return v >= 0 && v <= 2 ? v : 0;
+  return v >= 0 && v <= 1 ? v : 0;
 }
 
 // The pointer must be device (or managed) memory the current device can use.

@@ -832,7 +832,7 @@ template <typename T, int D>
 cudaError_t launch_backward(const KernelArgs& a, cudaStream_t stream) {
   if constexpr (D == 64 || D == 128) {
     if (a.use_wgmma)
-      return a.bwd_variant != 1 ? launch_backward_ws<T, D>(a, stream)
+      return a.bwd_variant == 0 ? launch_backward_ws<T, D>(a, stream)
                                 : launch_backward_with<T, D, Sm90Mma<T, D>>(a, stream);
   }
   return launch_backward_with<T, D, SyncMma<T, D>>(a, stream);

@@ -38,8 +38,8 @@ struct KernelArgs {
   int use_wgmma;  // Hopper (sm_90) forward path for d = 64 / 128
   int fwd_variant;  // Hopper forward: 0 warp-specialized ping-pong, 1 without
                     // ping-pong, 2 the one-role kernel (DA_CUDA_FWD_VARIANT)
-  int bwd_variant;  // Hopper backward: 0 warp-specialized, 1 the one-role kernels,
-                    // 2 warp-specialized dQ, one-role dK/dV (DA_CUDA_BWD_VARIANT)
+  int bwd_variant;  // Hopper backward: 0 warp-specialized, 1 the one-role kernels
+                    // (DA_CUDA_BWD_VARIANT)
   int w[DA_MAX_PATTERNS];
   int r[DA_MAX_PATTERNS];
 

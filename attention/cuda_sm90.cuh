@@ -530,10 +530,22 @@ struct Sm90Bwd {
   static constexpr int kThreads = 3 * 128;
   // As in Sm90Fwd: compiled for 168 registers a thread, moved by setmaxnreg.
   static constexpr int kLaunchRegs = 168;
+  // The producer's registers, as in the forward; dK/dV at d = 128 gives its
+  // consumers 224 (they spill at 208: dK, dV, S^T, dP^T and the lse/delta row
+  // values live at once) and its producer 56 (it spills a little in the unit
+  // walk): measured 285 against 279 TFLOP/s for the backward at n = 128K.
   static constexpr int kProducerRegs = D == 64 ? 104 : 88;
-  static constexpr int kConsumerRegs = (kLaunchRegs * 3 - kProducerRegs) / 2 / 8 * 8;
-  static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= 384 * kLaunchRegs,
+  static constexpr int kDkdvProducerRegs = D == 64 ? 104 : 56;
+  static constexpr int consumer_regs(int producer) {
+    return (kLaunchRegs * 3 - producer) / 2 / 8 * 8;
+  }
+  static_assert(128 * kDkdvProducerRegs + 256 * consumer_regs(kDkdvProducerRegs) <=
+                    384 * kLaunchRegs,
                 "setmaxnreg: the consumers take more registers than the producer frees");
+  // The pipelined consumer loop (a tile's products in one batch with the next
+  // tile's S and dP) measured +2% at d = 64 and -4% at d = 128 (dQ; dK/dV has
+  // no registers for it there).
+  static constexpr bool kPipelined = D == 64;
   static constexpr int tile_elems(int rows) { return rows * D; }
   // Own rows (two tiles), the ring (two tiles, lse and delta a slot), alignment.
   // The epilogue stages 16 x (D + 8) per warp and output in the ring's tiles.
@@ -544,7 +556,7 @@ struct Sm90Bwd {
   }
 };
 
-template <typename T, int D, bool KV_SIDE>
+template <typename T, int D, bool KV_SIDE, bool PIPE, int PREGS>
 __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
     backward_ws_kernel(const __grid_constant__ KernelArgs a, int tiles_per_seq) {
 #ifdef DA_HAVE_WGMMA  // sm_90a only (mbarrier waits, setmaxnreg, wgmma)
@@ -583,7 +595,7 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
   const long long own_first = ((start + own.p0) * hs + head) * D;
 
   if (wg == 0) {  // producer
-    setmaxnreg_dec<Cfg::kProducerRegs>();
+    setmaxnreg_dec<PREGS>();
     const T* srcA = static_cast<const T*>(KV_SIDE ? a.k : a.q);
     const T* srcB = static_cast<const T*>(KV_SIDE ? a.v : a.dout);
     // The own rows join the first tile's cp.async group.
@@ -622,7 +634,7 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
   }
 
   // consumers
-  setmaxnreg_inc<Cfg::kConsumerRegs>();
+  setmaxnreg_inc<Cfg::consumer_regs(PREGS)>();
   const int cw = tid / 32 - 4, lane = tid % 32, row0 = cw * 16 + lane / 4;
   float acc1[D / 8][4], acc2[D / 8][4];  // dQ; or dK and dV
   zero(acc1);
@@ -630,46 +642,101 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
   float lse2[2], dlt[2];
   if constexpr (!KV_SIDE) own_row_stats(a, start, own, head, row0, lse2, dlt);
   RowIndices idx;
-  for (int i = 0;; ++i) {
-    const int slot = i % ST;
-    mbar_wait(&full[slot], (i / ST) & 1);
-    const TileDesc d = ring[slot];
-    if (d.valid < 0) break;
-    const T* tX = sX + slot * kTile;
-    const T* tY = sY + slot * kTile;
-    float s[BN / 8][4], dp[BN / 8][4];
-    wgmma_fence();
-    Mm::template qk_issue<BM, BN>(s, sA, tX, cw);
-    Mm::template qk_issue<BM, BN>(dp, sB, tY, cw);
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(s);
-    fence_regs(dp);
+  // P^T and dS^T (dK/dV) or dS (dQ) of a tile, packed as wgmma A operands.
+  uint32_t af1[BN / 16][4], af2[KV_SIDE ? BN / 16 : 1][4];
+  // S and dP (or their transposes) of the tile in `slot`: issued, not committed.
+  auto issue_scores = [&](int slot, float (&s)[BN / 8][4], float (&dp)[BN / 8][4]) {
+    Mm::template qk_issue<BM, BN>(s, sA, sX + slot * kTile, cw);
+    Mm::template qk_issue<BM, BN>(dp, sB, sY + slot * kTile, cw);
+  };
+  // The element step of tile d into af1 / af2.
+  auto element = [&](const TileDesc& d, int slot, float (&s)[BN / 8][4], float (&dp)[BN / 8][4]) {
     idx.update(d, own, row0);
     if constexpr (KV_SIDE) {
       dkdv_scores<BN>(a, d, idx.di0, idx.di1, lane, sL + slot * BN, sD + slot * BN, s, dp);
-      uint32_t af1[BN / 16][4], af2[BN / 16][4];
       Mm::template pack_p<BN>(s, af1);
       Mm::template pack_p<BN>(dp, af2);
-      wgmma_fence();
-      Mm::template pv_issue<BN>(acc2, af1, tY);  // dV += P^T dO
-      Mm::template pv_issue<BN>(acc1, af2, tX);  // dK += dS^T Q
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(acc1);
-      fence_regs(acc2);
     } else {
       dq_scores<BN>(a, d, idx.di0, idx.di1, lane, lse2, dlt, s, dp);
-      uint32_t af[BN / 16][4];
-      Mm::template pack_p<BN>(s, af);
-      wgmma_fence();
-      Mm::template pv_issue<BN>(acc1, af, tX);  // dQ += dS K
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(acc1);
+      Mm::template pack_p<BN>(s, af1);
     }
+  };
+  // The products of the tile in `slot` from af1 / af2: issued, not committed.
+  auto issue_products = [&](int slot) {
+    if constexpr (KV_SIDE) {
+      Mm::template pv_issue<BN>(acc2, af1, sY + slot * kTile);     // dV += P^T dO
+      Mm::template pv_issue<BN>(acc1, af2, sX + slot * kTile);     // dK += dS^T Q
+    } else {
+      Mm::template pv_issue<BN>(acc1, af1, sX + slot * kTile);     // dQ += dS K
+    }
+  };
+  auto fence_acc = [&]() {
+    fence_regs(acc1);
+    if constexpr (KV_SIDE) fence_regs(acc2);
+  };
+  auto release = [&](int slot) {
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[slot]);
+  };
+  if (PIPE) {
+    // Tile i's products go out in one batch with tile i + 1's S and dP: one
+    // wait per tile, and the tensor cores hold four products of this consumer.
+    mbar_wait(&full[0], 0);
+    TileDesc d = ring[0];
+    if (d.valid >= 0) {
+      float s[BN / 8][4], dp[BN / 8][4];
+      wgmma_fence();
+      issue_scores(0, s, dp);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(s);
+      fence_regs(dp);
+      element(d, 0, s, dp);
+      int prev = 0;
+      for (int i = 1;; ++i) {
+        const int slot = i % ST;
+        mbar_wait(&full[slot], (i / ST) & 1);
+        d = ring[slot];
+        if (d.valid < 0) break;
+        wgmma_fence();
+        issue_products(prev);
+        issue_scores(slot, s, dp);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(s);
+        fence_regs(dp);
+        fence_acc();
+        release(prev);
+        element(d, slot, s, dp);
+        prev = slot;
+      }
+      wgmma_fence();
+      issue_products(prev);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_acc();
+    }
+  } else {
+    for (int i = 0;; ++i) {
+      const int slot = i % ST;
+      mbar_wait(&full[slot], (i / ST) & 1);
+      const TileDesc d = ring[slot];
+      if (d.valid < 0) break;
+      float s[BN / 8][4], dp[BN / 8][4];
+      wgmma_fence();
+      issue_scores(slot, s, dp);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(s);
+      fence_regs(dp);
+      element(d, slot, s, dp);
+      wgmma_fence();
+      issue_products(slot);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_acc();
+      release(slot);
+    }
   }
   named_sync(3, 256);  // both consumers are done with the ring (the epilogue stages there)
   const int valid = own.nrows - cw * 16;
@@ -693,8 +760,8 @@ template <typename T, int D>
 cudaError_t launch_backward_ws(const KernelArgs& a, cudaStream_t stream) {
   using Cfg = Sm90Bwd<T, D>;
   constexpr int smem = Cfg::smem_bytes();
-  auto* dkdv = backward_ws_kernel<T, D, true>;
-  auto* dq = backward_ws_kernel<T, D, false>;
+  auto* dkdv = backward_ws_kernel<T, D, true, Cfg::kPipelined, Cfg::kDkdvProducerRegs>;
+  auto* dq = backward_ws_kernel<T, D, false, Cfg::kPipelined, Cfg::kProducerRegs>;
   // setmaxnreg's balance, as in launch_forward_ws: else the one-role kernels.
   static const bool regs_ok =
       compiled_regs(dkdv) == Cfg::kLaunchRegs && compiled_regs(dq) == Cfg::kLaunchRegs;
@@ -704,12 +771,9 @@ cudaError_t launch_backward_ws(const KernelArgs& a, cudaStream_t stream) {
     e = cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
   const int tk = max_tiles(a, Cfg::kBM, true), tq = max_tiles(a, Cfg::kBM, false);
-  if (a.bwd_variant == 2) {  // the one-role dK/dV kernel with this dQ
-    if ((e = launch_dkdv_with<T, D, Sm90Mma<T, D>>(a, stream)) != cudaSuccess) return e;
-  } else if (tk > 0) {
+  if (tk > 0)
     dkdv<<<dim3((unsigned)((long long)tk * a.batch), (unsigned)a.h_kv), Cfg::kThreads, smem,
            stream>>>(a, tk);
-  }
   if ((e = cudaGetLastError()) != cudaSuccess) return e;
   if (tq > 0)
     dq<<<dim3((unsigned)((long long)tq * a.batch), (unsigned)a.h), Cfg::kThreads, smem, stream>>>(

@@ -46,7 +46,7 @@ if want paths; then
 # Forward variants (the default backward beside each), then backward variants.
 paths=("default DA_CUDA_FWD_VARIANT=0" "fwd-no-ping-pong DA_CUDA_FWD_VARIANT=1"
        "fwd-one-role DA_CUDA_FWD_VARIANT=2" "bwd-one-role DA_CUDA_BWD_VARIANT=1"
-       "bwd-ws-dq-only DA_CUDA_BWD_VARIANT=2" "portable DA_CUDA_PORTABLE=1")
+       "portable DA_CUDA_PORTABLE=1")
 printf '%-18s %4s %10s %10s %10s\n' "path" "d" "fwd" "bwd" "fwd+bwd" >"$out/paths.txt"
 for d in 64 128; do
   for entry in "${paths[@]}"; do
