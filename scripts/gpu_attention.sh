@@ -41,29 +41,33 @@ want sanitize && for tool in memcheck synccheck; do
   row "$tool (small chosen cases)" "rc=$? $(grep -m1 'ERROR SUMMARY' "$out/sanitize_$tool.log")"
 done
 
-# One `da bench` per kernel path: "label env" pairs.
+# One `da bench` per kernel path and mode: "label env" pairs, LongNet then
+# head-group (each head group one pattern: short work items per CTA).
 if want paths; then
-# Forward variants (the default backward beside each), then backward variants.
 paths=("default DA_CUDA_FWD_VARIANT=0" "fwd-no-ping-pong DA_CUDA_FWD_VARIANT=1"
        "fwd-one-role DA_CUDA_FWD_VARIANT=2" "bwd-one-role DA_CUDA_BWD_VARIANT=1"
        "portable DA_CUDA_PORTABLE=1")
-printf '%-18s %4s %10s %10s %10s\n' "path" "d" "fwd" "bwd" "fwd+bwd" >"$out/paths.txt"
+printf '%-18s %-10s %4s %10s %10s %10s\n' "path" "mode" "d" "fwd" "bwd" "fwd+bwd" >"$out/paths.txt"
+for mode in longnet head-group; do
 for d in 64 128; do
   for entry in "${paths[@]}"; do
     label=${entry%% *}
+    [ "$mode" = head-group ] && [ "$label" = portable ] && continue
     env "${entry#* }" timeout 60 "$da" bench --backend cuda --n 131072 --heads 16 --head-dim "$d" \
-      --pass fwdbwd --repeats 10 --json >"$tmp/bench_${label}_$d.json" 2>"$tmp/bench_${label}_$d.err"
-    python3 - "$tmp/bench_${label}_$d.json" "$label" "$d" >>"$out/paths.txt" <<'EOF'
+      --mode "$mode" --pass fwdbwd --repeats 10 --json >"$tmp/bench.json" 2>"$tmp/bench.err"
+    python3 - "$tmp/bench.json" "$label" "$mode" "$d" >>"$out/paths.txt" <<'EOF'
 import json, sys
 try:
     j = json.load(open(sys.argv[1]))
     f, b, fb = j["forward"], j["backward"], j["forward_backward"]
-    print("%-18s %4s %10.1f %10.1f %10.1f" % (sys.argv[2], sys.argv[3], f["effective_tflops"],
-                                              b["effective_tflops"], fb["effective_tflops"]))
-except Exception as e:  # a failed run leaves its .err beside it
-    print("%-18s %4s %s" % (sys.argv[2], sys.argv[3], "failed: %s" % e))
+    print("%-18s %-10s %4s %10.1f %10.1f %10.1f" % (sys.argv[2], sys.argv[3], sys.argv[4],
+          f["effective_tflops"], b["effective_tflops"], fb["effective_tflops"]))
+except Exception as e:  # a failed run: its stderr follows
+    print("%-18s %-10s %4s failed: %s %s" % (sys.argv[2], sys.argv[3], sys.argv[4], e,
+          open(sys.argv[1].replace(".json", ".err")).read()[-300:]))
 EOF
   done
+done
 done
 row "kernel paths (TFLOP/s, n = 128K)" "$out/paths.txt"
 fi
