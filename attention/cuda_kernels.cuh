@@ -790,7 +790,15 @@ cudaError_t launch_forward(const KernelArgs& a, cudaStream_t stream) {
       switch (a.fwd_variant) {
         case 1: return launch_forward_ws<T, D, false>(a, stream);
         case 2: return launch_forward_with<T, D, Sm90Mma<T, D>>(a, stream);
-        default: return launch_forward_ws<T, D, true>(a, stream);
+        case 3: return launch_forward_ws<T, D, true>(a, stream);
+        default:
+          // The head-group mode's work items are short (one pattern: w / r keys
+          // for 128 rows) and most of a dilated head's are empty: the one-role
+          // kernel's smaller CTAs (two per SM at d = 64) measured 226-229
+          // against 210-219 TFLOP/s at d = 64 and the same as the
+          // warp-specialized kernel at d = 128 (305-315), n = 128K, H100.
+          if (a.mode == DA_MODE_HEAD_GROUP) return launch_forward_with<T, D, Sm90Mma<T, D>>(a, stream);
+          return launch_forward_ws<T, D, true>(a, stream);
       }
     }
   }

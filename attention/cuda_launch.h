@@ -36,8 +36,8 @@ struct KernelArgs {
   int offset;  // resolved da_offset_policy
   int num_patterns;
   int use_wgmma;  // Hopper (sm_90) forward path for d = 64 / 128
-  int fwd_variant;  // Hopper forward: 0 warp-specialized ping-pong, 1 without
-                    // ping-pong, 2 the one-role kernel (DA_CUDA_FWD_VARIANT)
+  int fwd_variant;  // Hopper forward: 0 by mode, 1 warp-specialized without ping-
+                    // pong, 2 one-role, 3 warp-specialized (DA_CUDA_FWD_VARIANT)
   int bwd_variant;  // Hopper backward: 0 warp-specialized, 1 the one-role kernels
                     // (DA_CUDA_BWD_VARIANT)
   int w[DA_MAX_PATTERNS];

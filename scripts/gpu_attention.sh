@@ -45,7 +45,8 @@ done
 # head-group (each head group one pattern: short work items per CTA).
 if want paths; then
 paths=("default DA_CUDA_FWD_VARIANT=0" "fwd-no-ping-pong DA_CUDA_FWD_VARIANT=1"
-       "fwd-one-role DA_CUDA_FWD_VARIANT=2" "bwd-one-role DA_CUDA_BWD_VARIANT=1"
+       "fwd-one-role DA_CUDA_FWD_VARIANT=2" "fwd-ws DA_CUDA_FWD_VARIANT=3"
+       "bwd-one-role DA_CUDA_BWD_VARIANT=1"
        "portable DA_CUDA_PORTABLE=1")
 printf '%-18s %-10s %4s %10s %10s %10s\n' "path" "mode" "d" "fwd" "bwd" "fwd+bwd" >"$out/paths.txt"
 for mode in longnet head-group; do
