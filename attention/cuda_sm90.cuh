@@ -320,6 +320,41 @@ __device__ __forceinline__ void setmaxnreg_inc() {
 #endif
 }
 
+// The producer loop of the warp-specialized kernels: walks the TileStream,
+// waits for a ring slot to be empty, enqueues the tile's copies (load(desc,
+// slot)) and its descriptor (valid = -1 after the last tile), and signals a
+// slot full once its copies have landed, LAG = ST - 2 tiles behind the newest,
+// then all that remain.
+template <int ST, class Load>
+__device__ __forceinline__ void produce_tiles(TileStream& stream, TileDesc* ring, uint64_t* full,
+                                              uint64_t* empty, int tid, Load&& load) {
+  constexpr int LAG = ST - 2;
+  static_assert(LAG >= 1, "the producer keeps at least one tile in flight");
+  int issued = 0, signalled = 0;
+  for (;;) {
+    const int slot = issued % ST;
+    if (issued >= ST) mbar_wait(&empty[slot], (issued / ST - 1) & 1);
+    TileDesc d;
+    const bool more = stream.next(&d);
+    if (more)
+      load(d, slot);
+    else
+      d.valid = -1;  // end of the stream
+    if (tid == 0) ring[slot] = d;
+    cp_async_commit();
+    ++issued;
+    if (!more) break;
+    if (issued - signalled > LAG) {
+      cp_async_wait<LAG>();
+      fence_proxy_async();
+      mbar_arrive(&full[signalled++ % ST]);
+    }
+  }
+  cp_async_wait<0>();
+  fence_proxy_async();
+  while (signalled < issued) mbar_arrive(&full[signalled++ % ST]);
+}
+
 // Shape of forward_ws_kernel: 128-key tiles; d = 64: 4 slots (144 KiB),
 // d = 128: 3 slots (224 KiB). The producer signals a tile once kStages - 2
 // younger tiles are in flight (it waits for its own cp.async groups), and a
@@ -349,8 +384,7 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D>::kThreads, 1)
 #ifdef DA_HAVE_WGMMA  // sm_90a only (mbarrier waits, setmaxnreg, wgmma)
   using Cfg = Sm90Fwd<T, D>;
   using Mm = Sm90Mma<T, D>;
-  constexpr int BM = kFwdRows, BN = Cfg::kBN, ST = Cfg::kStages, LAG = ST - 2, S = D + 8;
-  static_assert(LAG >= 1, "the producer keeps at least one tile in flight");
+  constexpr int BM = kFwdRows, BN = Cfg::kBN, ST = Cfg::kStages, S = D + 8;
   constexpr int kTile = Cfg::tile_elems(BN);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ TileDesc ring[ST];
@@ -379,29 +413,9 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D>::kThreads, 1)
     // Q joins the first tile's cp.async group: the first full barrier covers it.
     Mm::template load<BM, 128>(sQ, static_cast<const T*>(a.q) + q_first, q_stride, own.nrows, tid);
     TileStream stream(a, n, own, j, 1, 0, BN, start);
-    int issued = 0, signalled = 0;
-    for (;;) {
-      const int slot = issued % ST;
-      if (issued >= ST) mbar_wait(&empty[slot], (issued / ST - 1) & 1);
-      TileDesc d;
-      const bool more = stream.next(&d);
-      if (more)
-        load_kv<T, D, Mm, BN, 128>(a, d, slot, gkv, sK, sV, tid);
-      else
-        d.valid = -1;  // end of the stream
-      if (tid == 0) ring[slot] = d;
-      cp_async_commit();
-      ++issued;
-      if (!more) break;
-      if (issued - signalled > LAG) {
-        cp_async_wait<LAG>();
-        fence_proxy_async();
-        mbar_arrive(&full[signalled++ % ST]);
-      }
-    }
-    cp_async_wait<0>();
-    fence_proxy_async();
-    while (signalled < issued) mbar_arrive(&full[signalled++ % ST]);
+    produce_tiles<ST>(stream, ring, full, empty, tid, [&](const TileDesc& d, int slot) {
+      load_kv<T, D, Mm, BN, 128>(a, d, slot, gkv, sK, sV, tid);
+    });
     return;
   }
 
@@ -562,7 +576,7 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
 #ifdef DA_HAVE_WGMMA  // sm_90a only (mbarrier waits, setmaxnreg, wgmma)
   using Cfg = Sm90Bwd<T, D>;
   using Mm = Sm90Mma<T, D>;
-  constexpr int BM = Cfg::kBM, BN = Cfg::kBN, ST = Cfg::kStages, LAG = ST - 2, S = D + 8;
+  constexpr int BM = Cfg::kBM, BN = Cfg::kBN, ST = Cfg::kStages, S = D + 8;
   constexpr int kTile = Cfg::tile_elems(BN);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ TileDesc ring[ST];
@@ -603,33 +617,12 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
     Mm::template load<BM, 128>(sB, srcB + own_first, own_stride, own.nrows, tid);
     const int gkv = head / group;
     TileStream stream(a, n, own, head_first, head_count, KV_SIDE, BN, start);
-    int issued = 0, signalled = 0;
-    for (;;) {
-      const int slot = issued % ST;
-      if (issued >= ST) mbar_wait(&empty[slot], (issued / ST - 1) & 1);
-      TileDesc d;
-      const bool more = stream.next(&d);
-      if (more) {
-        if constexpr (KV_SIDE)
-          load_qo<T, D, Mm, BN, 128>(a, d, slot, sX, sY, sL, sD, tid);
-        else
-          load_kv<T, D, Mm, BN, 128>(a, d, slot, gkv, sX, sY, tid);
-      } else {
-        d.valid = -1;  // end of the stream
-      }
-      if (tid == 0) ring[slot] = d;
-      cp_async_commit();
-      ++issued;
-      if (!more) break;
-      if (issued - signalled > LAG) {
-        cp_async_wait<LAG>();
-        fence_proxy_async();
-        mbar_arrive(&full[signalled++ % ST]);
-      }
-    }
-    cp_async_wait<0>();
-    fence_proxy_async();
-    while (signalled < issued) mbar_arrive(&full[signalled++ % ST]);
+    produce_tiles<ST>(stream, ring, full, empty, tid, [&](const TileDesc& d, int slot) {
+      if constexpr (KV_SIDE)
+        load_qo<T, D, Mm, BN, 128>(a, d, slot, sX, sY, sL, sD, tid);
+      else
+        load_kv<T, D, Mm, BN, 128>(a, d, slot, gkv, sX, sY, tid);
+    });
     return;
   }
 

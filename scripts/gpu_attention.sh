@@ -78,10 +78,10 @@ fi
 if want profile; then
   ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
   for d in 64 128; do
-    timeout 150 "$ncu" -k 'regex:forward|dq_kernel|dkdv_kernel' -c 3 \
+    timeout 150 "$ncu" -k 'regex:forward|backward_ws|dq_kernel|dkdv_kernel' -c 3 \
       --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
       --section WarpStateStats --section LaunchStats --section Occupancy \
-      --metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,l1tex__data_pipe_lsu_wavefronts_mem_shared.avg.pct_of_peak_sustained_elapsed \
+      --metrics 'sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__ops_path_tensor_src_bf16_dst_fp32.sum,sm__cycles_elapsed.max,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,l1tex__data_pipe_lsu_wavefronts_mem_shared.avg.pct_of_peak_sustained_elapsed,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' \
       "$da" bench --backend cuda --n 32768 --heads 16 --head-dim "$d" --pass fwdbwd \
       --warmup 0 --repeats 1 >"$out/ncu_$d.txt" 2>&1
     row "ncu d=$d" "rc=$? $(grep -c '  Section: ' "$out/ncu_$d.txt") sections"
