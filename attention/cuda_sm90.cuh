@@ -320,6 +320,20 @@ __device__ __forceinline__ void setmaxnreg_inc() {
 #endif
 }
 
+// The ring's barriers, before any thread uses them: a slot is full once every
+// producer thread's copies landed (128 arrivals) and empty once every consumer
+// warp's products read it (8 arrivals).
+template <int ST>
+__device__ __forceinline__ void init_ring(uint64_t* full, uint64_t* empty, int tid) {
+  if (tid == 0) {
+    for (int s = 0; s < ST; ++s) {
+      mbar_init(&full[s], 128);
+      mbar_init(&empty[s], 8);
+    }
+  }
+  __syncthreads();
+}
+
 // The producer loop of the warp-specialized kernels: walks the TileStream,
 // waits for a ring slot to be empty, enqueues the tile's copies (load(desc,
 // slot)) and its descriptor (valid = -1 after the last tile), and signals a
@@ -397,13 +411,7 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D>::kThreads, 1)
   int n;
   OwnRows own;
   if (!cta_rows(a, tiles_per_seq, j, 1, BM, &start, &n, &own)) return;
-  if (tid == 0) {
-    for (int s = 0; s < ST; ++s) {
-      mbar_init(&full[s], 128);  // every producer thread, once its loads landed
-      mbar_init(&empty[s], 8);   // every consumer warp, once its products read the slot
-    }
-  }
-  __syncthreads();
+  init_ring<ST>(full, empty, tid);
   const long long q_stride = (long long)own.L * a.h * D;
   const long long q_first = ((start + own.p0) * a.h + j) * D;
 
@@ -597,13 +605,7 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
   int n;
   OwnRows own;
   if (!cta_rows(a, tiles_per_seq, head_first, head_count, BM, &start, &n, &own)) return;
-  if (tid == 0) {
-    for (int s = 0; s < ST; ++s) {
-      mbar_init(&full[s], 128);
-      mbar_init(&empty[s], 8);
-    }
-  }
-  __syncthreads();
+  init_ring<ST>(full, empty, tid);
   const int hs = KV_SIDE ? a.h_kv : a.h;
   const long long own_stride = (long long)own.L * hs * D;
   const long long own_first = ((start + own.p0) * hs + head) * D;
