@@ -124,9 +124,12 @@ DA_API da_status da_attention_backward_cpu(const da_attention_params* params,
  * more are copied to a pool buffer with cudaMemcpyAsync (which may block the host
  * until the copy has read the pageable source).
  *
- * Kernels: on sm_90 (H100/H200) the forward for head_dim 64 and 128 uses wgmma
- * (Hopper tensor cores); everything else uses portable mma.sync kernels (sm_80+).
- * Environment DA_CUDA_PORTABLE=1 forces the portable kernels on any GPU.
+ * Kernels: on sm_90 (H100/H200) the forward and backward for head_dim 64 and 128
+ * use wgmma (Hopper tensor cores), warp-specialized; everything else uses
+ * portable mma.sync kernels (sm_80+). Environment DA_CUDA_PORTABLE=1 forces the
+ * portable kernels on any GPU; DA_CUDA_FWD_VARIANT and DA_CUDA_BWD_VARIANT pick
+ * the other Hopper kernels for comparisons (docs/attention_cuda.md). All of them
+ * compute the same result.
  *
  * Supported: head_dim 32, 64, 96 or 128; sm_80 or newer. Anything else gives
  * DA_STATUS_NOT_SUPPORTED with a sentence, never a wrong answer; no GPU gives
