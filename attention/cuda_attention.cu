@@ -71,14 +71,12 @@ bool use_wgmma(int major) {
 }
 
 // Which Hopper forward kernel runs (for comparing them in one benchmark run):
-// DA_CUDA_FWD_VARIANT=0 (default) the warp-specialized kernel with ping-pong
-// in the LongNet mode and the one-role kernel in the head-group mode; 1 the
-// warp-specialized kernel without ping-pong, 2 the one-role kernel, 3 the
-// warp-specialized kernel with ping-pong in both modes.
+// DA_CUDA_FWD_VARIANT=0 (default) the warp-specialized kernel with ping-pong,
+// 1 the warp-specialized kernel without ping-pong, 2 the one-role kernel.
 int fwd_variant() {
   const char* env = getenv("DA_CUDA_FWD_VARIANT");
   int v = env != nullptr ? atoi(env) : 0;
-  return v >= 0 && v <= 3 ? v : 0;
+  return v >= 0 && v <= 2 ? v : 0;
 }
 
 // Which Hopper backward runs: DA_CUDA_BWD_VARIANT=0 (default) the

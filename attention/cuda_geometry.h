@@ -19,6 +19,63 @@
 
 namespace da_cuda {
 
+constexpr int kMaxRowStride = 64;  // larger lcm: contiguous rows (L = 1), masked
+
+// ---------------------------------------------------------------- geometry ----
+
+DA_HD inline int gcd_int(int x, int y) {
+  while (y != 0) {
+    int t = x % y;
+    x = y;
+    y = t;
+  }
+  return x;
+}
+
+// The heads' part of the geometry of the rows a CTA owns for heads
+// [head_first, head_first + count): see HeadGeometry.
+DA_HD inline HeadGeometry head_geometry(const KernelArgs& a, int head_first, int count) {
+  long long L = 1;
+  int G = 0;
+  for (int j = head_first; j < head_first + count; ++j) {
+    for (int i = 0; i < a.num_patterns; ++i) {
+      if (!da_attn_head_uses_pattern((da_attention_mode)a.mode, i, j, a.h, a.num_patterns)) continue;
+      int r = a.r[i];
+      if (L <= kMaxRowStride) L = L / gcd_int((int)L, r) * r;
+      G = gcd_int(G, a.w[i]);
+    }
+  }
+  HeadGeometry g;
+  g.L = L > kMaxRowStride ? 1 : (int)L;
+  g.G = G;
+  return g;
+}
+
+// The geometry for CTAs of `rows` rows: the chunks of rows * L positions are laid
+// out inside blocks of G positions only when a chunk fits in one.
+DA_HD inline RowGeometry row_geometry(HeadGeometry hg, int rows) {
+  RowGeometry g;
+  g.L = hg.L;
+  long long chunk = (long long)rows * g.L;
+  g.G = (hg.G == 0 || hg.G < chunk) ? 0x7fffffff : hg.G;
+  return g;
+}
+
+DA_HD inline RowGeometry row_geometry(const KernelArgs& a, int head_first, int count, int rows) {
+  return row_geometry(head_geometry(a, head_first, count), rows);
+}
+
+// row_geometry as a CTA gets it: from the tables in KernelArgs when the head set
+// has a slot there (a single query head, or the query heads of one kv head),
+// else computed.
+DA_HD inline RowGeometry cta_geometry(const KernelArgs& a, int head_first, int count, int rows) {
+  if (count == 1 && head_first < kGeoSlots) return row_geometry(a.geo_q[head_first], rows);
+  const int group = a.h / a.h_kv;
+  if (count == group && head_first % group == 0 && head_first / group < kGeoSlots)
+    return row_geometry(a.geo_kv[head_first / group], rows);
+  return row_geometry(a, head_first, count, rows);
+}
+
 // The parameters the geometry and the kernels read, from a validated plan
 // (tensors, sequences and the path choice are left to the caller).
 inline void args_from_plan(const da_attn_plan& plan, KernelArgs* a) {
@@ -35,38 +92,10 @@ inline void args_from_plan(const da_attn_plan& plan, KernelArgs* a) {
     a->w[i] = plan.w[i];
     a->r[i] = plan.r[i];
   }
-}
-
-constexpr int kMaxRowStride = 64;  // larger lcm: contiguous rows (L = 1), masked
-
-// ---------------------------------------------------------------- geometry ----
-
-DA_HD inline int gcd_int(int x, int y) {
-  while (y != 0) {
-    int t = x % y;
-    x = y;
-    y = t;
-  }
-  return x;
-}
-
-// Geometry of the rows a CTA owns for heads [head_first, head_first + count).
-DA_HD inline RowGeometry row_geometry(const KernelArgs& a, int head_first, int count, int rows) {
-  long long L = 1;
-  int G = 0;
-  for (int j = head_first; j < head_first + count; ++j) {
-    for (int i = 0; i < a.num_patterns; ++i) {
-      if (!da_attn_head_uses_pattern((da_attention_mode)a.mode, i, j, a.h, a.num_patterns)) continue;
-      int r = a.r[i];
-      if (L <= kMaxRowStride) L = L / gcd_int((int)L, r) * r;
-      G = gcd_int(G, a.w[i]);
-    }
-  }
-  RowGeometry g;
-  g.L = L > kMaxRowStride ? 1 : (int)L;
-  long long chunk = (long long)rows * g.L;
-  g.G = (G == 0 || G < chunk) ? 0x7fffffff : G;
-  return g;
+  const int group = plan.h / plan.h_kv;
+  for (int j = 0; j < plan.h && j < kGeoSlots; ++j) a->geo_q[j] = head_geometry(*a, j, 1);
+  for (int g = 0; g < plan.h_kv && g < kGeoSlots; ++g)
+    a->geo_kv[g] = head_geometry(*a, g * group, group);
 }
 
 // CTAs per sequence of length n (monotone in n).

@@ -299,7 +299,7 @@ __device__ __forceinline__ bool cta_rows(const KernelArgs& a, int tiles_per_seq,
                                          int count, int rows, long long* start, int* n,
                                          OwnRows* own) {
   sequence_of(a, blockIdx.x / tiles_per_seq, start, n);
-  return own_rows(row_geometry(a, head_first, count, rows), rows, *n, blockIdx.x % tiles_per_seq,
+  return own_rows(cta_geometry(a, head_first, count, rows), rows, *n, blockIdx.x % tiles_per_seq,
                   own);
 }
 
@@ -790,14 +790,10 @@ cudaError_t launch_forward(const KernelArgs& a, cudaStream_t stream) {
       switch (a.fwd_variant) {
         case 1: return launch_forward_ws<T, D, false>(a, stream);
         case 2: return launch_forward_with<T, D, Sm90Mma<T, D>>(a, stream);
-        case 3: return launch_forward_ws<T, D, true>(a, stream);
         default:
-          // The head-group mode's work items are short (one pattern: w / r keys
-          // for 128 rows) and most of a dilated head's are empty: the one-role
-          // kernel's smaller CTAs (two per SM at d = 64) measured 226-229
-          // against 210-219 TFLOP/s at d = 64 and the same as the
-          // warp-specialized kernel at d = 128 (305-315), n = 128K, H100.
-          if (a.mode == DA_MODE_HEAD_GROUP) return launch_forward_with<T, D, Sm90Mma<T, D>>(a, stream);
+          // In both modes: in the head-group mode it measured 254 / 390 TFLOP/s
+          // against the one-role kernel's 247 / 332 (d = 64 / 128, n = 128K,
+          // H100) once its producer stopped waiting for its own copies.
           return launch_forward_ws<T, D, true>(a, stream);
       }
     }

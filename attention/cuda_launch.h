@@ -10,6 +10,18 @@
 
 namespace da_cuda {
 
+// The lcm L of the dilations and the gcd G of the segment lengths over the
+// patterns a set of heads uses (L = 1 past kMaxRowStride, G = 0 for no pattern):
+// the part of a CTA's row geometry (RowGeometry, below) that depends on the
+// heads only. KernelArgs carries it for the first kGeoSlots head sets, so a CTA
+// does not recompute it (five patterns took ~1000 instructions per warp, 5-8%
+// of a forward CTA's time).
+struct HeadGeometry {
+  int L;
+  int G;
+};
+constexpr int kGeoSlots = 128;
+
 // Everything a kernel needs, passed by value (a few hundred bytes plus the
 // inline cu_seqlens). Positions inside a sequence are int (validated < 2^31);
 // element offsets are int64.
@@ -36,8 +48,8 @@ struct KernelArgs {
   int offset;  // resolved da_offset_policy
   int num_patterns;
   int use_wgmma;  // Hopper (sm_90) forward path for d = 64 / 128
-  int fwd_variant;  // Hopper forward: 0 by mode, 1 warp-specialized without ping-
-                    // pong, 2 one-role, 3 warp-specialized (DA_CUDA_FWD_VARIANT)
+  int fwd_variant;  // Hopper forward: 0 warp-specialized with ping-pong, 1 without,
+                    // 2 one-role (DA_CUDA_FWD_VARIANT)
   int bwd_variant;  // Hopper backward: 0 warp-specialized, 1 the one-role kernels
                     // (DA_CUDA_BWD_VARIANT)
   int w[DA_MAX_PATTERNS];
@@ -53,6 +65,11 @@ struct KernelArgs {
   int n_max;          // longest sequence (sizes the grid)
   long long tokens;   // all sequences together
   int64_t cu_inline[DA_CUDA_MAX_INLINE_SEQS + 1];
+
+  // head_geometry of query head j (geo_q[j]) and of the query heads sharing kv
+  // head g (geo_kv[g]), for j, g < kGeoSlots (args_from_plan fills them).
+  HeadGeometry geo_q[kGeoSlots];
+  HeadGeometry geo_kv[kGeoSlots];
 };
 
 // Rows a CTA owns and how many of them per CTA, per pass (see cuda_kernels.cuh).

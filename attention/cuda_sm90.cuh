@@ -320,14 +320,23 @@ __device__ __forceinline__ void setmaxnreg_inc() {
 #endif
 }
 
+// An arrive on `bar` once every cp.async this thread issued so far has landed
+// (noinc: the arrival is one of the barrier's expected count).
+__device__ __forceinline__ void cp_async_mbar_arrive(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_u32(bar))
+               : "memory");
+}
+
 // The ring's barriers, before any thread uses them: a slot is full once every
-// producer thread's copies landed (128 arrivals) and empty once every consumer
-// warp's products read it (8 arrivals).
+// producer thread's copies have landed (128 arrivals made by the copies
+// themselves) and producer thread 0 has stored the tile's descriptor (one
+// ordinary arrival, which releases that store); it is empty once every consumer
+// warp's products have read it (8 arrivals).
 template <int ST>
 __device__ __forceinline__ void init_ring(uint64_t* full, uint64_t* empty, int tid) {
   if (tid == 0) {
     for (int s = 0; s < ST; ++s) {
-      mbar_init(&full[s], 128);
+      mbar_init(&full[s], 128 + 1);
       mbar_init(&empty[s], 8);
     }
   }
@@ -336,16 +345,16 @@ __device__ __forceinline__ void init_ring(uint64_t* full, uint64_t* empty, int t
 
 // The producer loop of the warp-specialized kernels: walks the TileStream,
 // waits for a ring slot to be empty, enqueues the tile's copies (load(desc,
-// slot)) and its descriptor (valid = -1 after the last tile), and signals a
-// slot full once its copies have landed, LAG = ST - 2 tiles behind the newest,
-// then all that remain.
+// slot)) and its descriptor (valid = -1 after the last tile). The copies signal
+// the slot full themselves when they land (cp.async.mbarrier.arrive), so the
+// producer never waits for its own loads and runs up to ST tiles ahead of the
+// consumers. (It used to wait for tile i's copies before signalling it, after
+// issuing tile i + 1: at d = 128, with three slots, that kept the consumers
+// waiting for tiles that had landed.)
 template <int ST, class Load>
 __device__ __forceinline__ void produce_tiles(TileStream& stream, TileDesc* ring, uint64_t* full,
                                               uint64_t* empty, int tid, Load&& load) {
-  constexpr int LAG = ST - 2;
-  static_assert(LAG >= 1, "the producer keeps at least one tile in flight");
-  int issued = 0, signalled = 0;
-  for (;;) {
+  for (int issued = 0;; ++issued) {
     const int slot = issued % ST;
     if (issued >= ST) mbar_wait(&empty[slot], (issued / ST - 1) & 1);
     TileDesc d;
@@ -354,25 +363,28 @@ __device__ __forceinline__ void produce_tiles(TileStream& stream, TileDesc* ring
       load(d, slot);
     else
       d.valid = -1;  // end of the stream
-    if (tid == 0) ring[slot] = d;
-    cp_async_commit();
-    ++issued;
-    if (!more) break;
-    if (issued - signalled > LAG) {
-      cp_async_wait<LAG>();
-      fence_proxy_async();
-      mbar_arrive(&full[signalled++ % ST]);
+    cp_async_mbar_arrive(&full[slot]);
+    if (tid == 0) {
+      ring[slot] = d;
+      mbar_arrive(&full[slot]);
     }
+    if (!more) break;
   }
-  cp_async_wait<0>();
+  cp_async_commit();
+  cp_async_wait<0>();  // no copy outlives its thread
+}
+
+// A consumer's wait for ring slot `slot` (phase parity `parity`). The tile was
+// written by cp.async (the generic proxy) and is read by wgmma (the async
+// proxy): the proxy fence follows the acquire.
+__device__ __forceinline__ void wait_full(uint64_t* full, int slot, int parity) {
+  mbar_wait(&full[slot], parity);
   fence_proxy_async();
-  while (signalled < issued) mbar_arrive(&full[signalled++ % ST]);
 }
 
 // Shape of forward_ws_kernel: 128-key tiles; d = 64: 4 slots (144 KiB),
-// d = 128: 3 slots (224 KiB). The producer signals a tile once kStages - 2
-// younger tiles are in flight (it waits for its own cp.async groups), and a
-// consumer releases a slot one iteration after reading its K (V is read then).
+// d = 128: 3 slots (224 KiB). A consumer releases a slot one iteration after
+// reading its K (V is read then).
 template <typename T, int D>
 struct Sm90Fwd {
   static constexpr int kBN = 128;
@@ -418,7 +430,7 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D>::kThreads, 1)
   if (wg == 0) {  // producer
     setmaxnreg_dec<Cfg::kProducerRegs>();
     const int gkv = j / (a.h / a.h_kv);
-    // Q joins the first tile's cp.async group: the first full barrier covers it.
+    // Q is copied before the first tile: the first full barrier covers it.
     Mm::template load<BM, 128>(sQ, static_cast<const T*>(a.q) + q_first, q_stride, own.nrows, tid);
     TileStream stream(a, n, own, j, 1, 0, BN, start);
     produce_tiles<ST>(stream, ring, full, empty, tid, [&](const TileDesc& d, int slot) {
@@ -450,7 +462,7 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D>::kThreads, 1)
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[slot]);
   };
-  mbar_wait(&full[0], 0);
+  wait_full(full, 0, 0);
   TileDesc d = ring[0];
   if (d.valid >= 0) {
     take_turn(true);
@@ -466,7 +478,7 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D>::kThreads, 1)
     int prev = 0;
     for (int i = 1;; ++i) {
       const int slot = i % ST;
-      mbar_wait(&full[slot], (i / ST) & 1);
+      wait_full(full, slot, (i / ST) & 1);
       d = ring[slot];
       if (d.valid < 0) break;
       // S_i = Q K_i^T and O += P_{i-1} V_{i-1} in one turn. (Waiting for S_i
@@ -614,7 +626,7 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
     setmaxnreg_dec<PREGS>();
     const T* srcA = static_cast<const T*>(KV_SIDE ? a.k : a.q);
     const T* srcB = static_cast<const T*>(KV_SIDE ? a.v : a.dout);
-    // The own rows join the first tile's cp.async group.
+    // Copied before the first tile: the first full barrier covers them.
     Mm::template load<BM, 128>(sA, srcA + own_first, own_stride, own.nrows, tid);
     Mm::template load<BM, 128>(sB, srcB + own_first, own_stride, own.nrows, tid);
     const int gkv = head / group;
@@ -676,7 +688,7 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
   if (PIPE) {
     // Tile i's products go out in one batch with tile i + 1's S and dP: one
     // wait per tile, and the tensor cores hold four products of this consumer.
-    mbar_wait(&full[0], 0);
+    wait_full(full, 0, 0);
     TileDesc d = ring[0];
     if (d.valid >= 0) {
       float s[BN / 8][4], dp[BN / 8][4];
@@ -690,7 +702,7 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
       int prev = 0;
       for (int i = 1;; ++i) {
         const int slot = i % ST;
-        mbar_wait(&full[slot], (i / ST) & 1);
+        wait_full(full, slot, (i / ST) & 1);
         d = ring[slot];
         if (d.valid < 0) break;
         wgmma_fence();
@@ -714,7 +726,7 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
   } else {
     for (int i = 0;; ++i) {
       const int slot = i % ST;
-      mbar_wait(&full[slot], (i / ST) & 1);
+      wait_full(full, slot, (i / ST) & 1);
       const TileDesc d = ring[slot];
       if (d.valid < 0) break;
       float s[BN / 8][4], dp[BN / 8][4];

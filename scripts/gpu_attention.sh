@@ -45,16 +45,21 @@ done
 # head-group (each head group one pattern: short work items per CTA).
 if want paths; then
 paths=("default DA_CUDA_FWD_VARIANT=0" "fwd-no-ping-pong DA_CUDA_FWD_VARIANT=1"
-       "fwd-one-role DA_CUDA_FWD_VARIANT=2" "fwd-ws DA_CUDA_FWD_VARIANT=3"
+       "fwd-one-role DA_CUDA_FWD_VARIANT=2"
        "bwd-one-role DA_CUDA_BWD_VARIANT=1"
        "portable DA_CUDA_PORTABLE=1")
+# A `da` built from another commit, carried as $bundle/base/da, runs beside the
+# default path in the same call (before/after figures from one machine state).
+[ -x "$bundle/base/da" ] && paths=("baseline DA_CUDA_FWD_VARIANT=0" "${paths[@]}")
 printf '%-18s %-10s %4s %10s %10s %10s\n' "path" "mode" "d" "fwd" "bwd" "fwd+bwd" >"$out/paths.txt"
 for mode in longnet head-group; do
 for d in 64 128; do
   for entry in "${paths[@]}"; do
     label=${entry%% *}
     [ "$mode" = head-group ] && [ "$label" = portable ] && continue
-    env "${entry#* }" timeout 60 "$da" bench --backend cuda --n 131072 --heads 16 --head-dim "$d" \
+    bin=$da
+    [ "$label" = baseline ] && bin=$bundle/base/da
+    env "${entry#* }" timeout 60 "$bin" bench --backend cuda --n 131072 --heads 16 --head-dim "$d" \
       --mode "$mode" --pass fwdbwd --repeats 10 --json >"$tmp/bench.json" 2>"$tmp/bench.err"
     python3 - "$tmp/bench.json" "$label" "$mode" "$d" >>"$out/paths.txt" <<'EOF'
 import json, sys
@@ -86,6 +91,28 @@ if want profile; then
       --warmup 0 --repeats 1 >"$out/ncu_$d.txt" 2>&1
     row "ncu d=$d" "rc=$? $(grep -c '  Section: ' "$out/ncu_$d.txt") sections"
   done
+fi
+
+# source: where each kernel's warps stall, instruction by instruction (Nsight
+# Compute's sampled stall reasons on the SASS, one CSV per kernel, d = 64 and 128,
+# n = 32K). The producer's and the consumers' instructions are told apart by
+# their kind (LDGSTS / HGMMA) when the CSV is read.
+if want source; then
+  ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  for d in 64 128; do
+    for k in forward_ws backward_ws; do
+      timeout 120 "$ncu" -k "regex:$k" -c $([ $k = forward_ws ] && echo 1 || echo 2) \
+        --section SourceCounters --section WarpStateStats -f -o "$tmp/src" \
+        "$da" bench --backend cuda --n 32768 --heads 16 --head-dim "$d" --pass fwdbwd \
+        --warmup 0 --repeats 1 >"$tmp/src.log" 2>&1
+      rc=$?
+      "$ncu" --import "$tmp/src.ncu-rep" --page source --csv --print-source sass \
+        >"$tmp/src_${k}_$d.csv" 2>&1 ||
+        "$ncu" --import "$tmp/src.ncu-rep" --page source --csv >"$tmp/src_${k}_$d.csv" 2>&1
+      row "ncu source $k d=$d" "rc=$rc $(wc -l <"$tmp/src_${k}_$d.csv") lines"
+    done
+  done
+  tar -C "$tmp" -czf "$out/source_csv.tar.gz" $(cd "$tmp" && ls src_*.csv)
 fi
 
 if want bench; then

@@ -1,6 +1,6 @@
 // The CUDA kernels' row and tile geometry, checked on the CPU (no GPU needed, so
 // a geometry bug fails CI). For each configuration, every CTA a launch covers is
-// walked the way the kernels walk it (row_geometry, tiles_for, own_rows,
+// walked the way the kernels walk it (cta_geometry, tiles_for, own_rows,
 // TileStream, desc_row_index, pair_selected) at the row and tile sizes the
 // kernels use, on both sides: own rows are queries (forward, dQ) or keys (dK/dV,
 // every query head of a kv head). The (head, query, key) pairs it produces must be
@@ -61,7 +61,7 @@ Walk KernelPairs(const da_cuda::KernelArgs& a, int n, int rows, int bn, int kv_s
   };
   for (int s = 0; s < sets; s++) {
     std::vector<int> owned(n, 0);
-    const da_cuda::RowGeometry g = da_cuda::row_geometry(a, s * group, group, rows);
+    const da_cuda::RowGeometry g = da_cuda::cta_geometry(a, s * group, group, rows);
     const int tiles = da_cuda::tiles_for(g, rows, n);
     for (int tile = 0; tile < tiles; tile++) {
       da_cuda::OwnRows own;
@@ -176,6 +176,39 @@ TEST(CudaGeometry, CoversExactlyTheSemanticPairsOnAlignedAndAdversarialShapes) {
       c.causal = causal;
       CheckGeometry(c);
       if (HasFailure()) return;
+    }
+  }
+}
+
+// The per-head tables in KernelArgs (what a CTA reads instead of recomputing the
+// lcm and gcd over its patterns) equal the computed geometry for every head set,
+// including head sets past the tables' kGeoSlots entries (computed in the CTA),
+// in both modes, with GQA groups whose query heads use different patterns.
+TEST(CudaGeometry, HeadTablesMatchTheComputedGeometry) {
+  const int heads = 3 * (da_cuda::kGeoSlots + 3);  // kv heads past the slots too
+  for (int mode = 0; mode < 2; mode++) {
+    for (int group : {1, 3}) {
+      Config c = da_test::Chosen({96, 200, 2048, 4096, 700}, {3, 5, 2, 8, 7}, 64, heads, 64);
+      c.mode = mode ? DA_MODE_HEAD_GROUP : DA_MODE_LONGNET;
+      c.h_kv = heads / group;
+      const da_attention_params p = c.Params();
+      const da_attention_batch b = c.Batch();
+      da_attn_plan plan;
+      ASSERT_EQ(da_attn_plan_init(&p, &b, &plan), DA_STATUS_SUCCESS) << da_last_error();
+      da_cuda::KernelArgs a = {};
+      da_cuda::args_from_plan(plan, &a);
+      for (int rows : {da_cuda::kBwdRows, da_cuda::kFwdRows}) {
+        for (int kv_side = 0; kv_side <= 1; kv_side++) {
+          const int sets = kv_side ? plan.h_kv : plan.h, g = kv_side ? group : 1;
+          for (int s = 0; s < sets; s++) {
+            const da_cuda::RowGeometry want = da_cuda::row_geometry(a, s * g, g, rows);
+            const da_cuda::RowGeometry got = da_cuda::cta_geometry(a, s * g, g, rows);
+            ASSERT_TRUE(want.L == got.L && want.G == got.G)
+                << "head set " << s << " (" << g << " heads, rows " << rows << ", mode " << mode
+                << "): L " << got.L << " G " << got.G << " instead of " << want.L << " " << want.G;
+          }
+        }
+      }
     }
   }
 }
