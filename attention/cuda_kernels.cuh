@@ -559,23 +559,30 @@ __device__ __forceinline__ void dq_scores(const KernelArgs& a, const TileDesc& d
                                           const float (&dp)[BN / 8][4]) {
   const bool masked =
       !d.all_rows || d.k0 + BN > d.hi || (a.causal && d.k0 + BN - 1 > d.di_first);
+  // P in place, then the mask, then dS: the mask is one branch around its loop
+  // (inside the loop the compiler branched per element).
 #pragma unroll
-  for (int nt = 0; nt < BN / 8; ++nt) {
+  for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      int rr = e >> 1;
-      float p = fast_exp2(fmaf(s[nt][e], a.scale_log2, -lse2[rr]));
-      if (masked) {
+    for (int e = 0; e < 4; ++e) s[nt][e] = fast_exp2(fmaf(s[nt][e], a.scale_log2, -lse2[e >> 1]));
+  if (masked) {
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
         int kk = d.k0 + nt * 8 + (lane % 4) * 2 + (e & 1);
         // pair_selected<0>, written out: the call form changed the backward's
         // register allocation (not measured on a GPU).
-        int di = rr ? di1 : di0;
+        int di = (e >> 1) ? di1 : di0;
         bool ok = di >= 0 && kk < d.hi && (!a.causal || kk <= di);
-        p = ok ? p : 0.f;
+        s[nt][e] = ok ? s[nt][e] : 0.f;
       }
-      s[nt][e] = p * (dp[nt][e] - dlt[rr]);  // dS
     }
   }
+#pragma unroll
+  for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[nt][e] *= dp[nt][e] - dlt[e >> 1];  // dS
 }
 
 // dK/dV's element step for a warp's two key rows against the tile's query
@@ -587,23 +594,34 @@ __device__ __forceinline__ void dkdv_scores(const KernelArgs& a, const TileDesc&
                                             const float* drow, float (&s)[BN / 8][4],
                                             float (&dp)[BN / 8][4]) {
   const bool masked = !d.all_rows || d.k0 + BN > d.hi || (a.causal && d.k0 < d.di_last);
+  // As in dq_scores: P^T in place, the mask in one branch, then dS^T.
 #pragma unroll
-  for (int nt = 0; nt < BN / 8; ++nt) {
+  for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       int col = nt * 8 + (lane % 4) * 2 + (e & 1);
-      float p = fast_exp2(fmaf(s[nt][e], a.scale_log2, -lrow[col] * kLog2e));
-      if (masked) {
+      s[nt][e] = fast_exp2(fmaf(s[nt][e], a.scale_log2, -lrow[col] * kLog2e));
+    }
+  if (masked) {
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
         // pair_selected<1>, written out (see dq_scores).
-        int qq = d.k0 + col;
+        int qq = d.k0 + nt * 8 + (lane % 4) * 2 + (e & 1);
         int di = e < 2 ? di0 : di1;
         bool ok = di >= 0 && qq < d.hi && (!a.causal || qq >= di);
-        p = ok ? p : 0.f;
+        s[nt][e] = ok ? s[nt][e] : 0.f;
       }
-      dp[nt][e] = p * (dp[nt][e] - drow[col]);  // dS^T
-      s[nt][e] = p;                             // P^T
     }
   }
+#pragma unroll
+  for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      int col = nt * 8 + (lane % 4) * 2 + (e & 1);
+      dp[nt][e] = s[nt][e] * (dp[nt][e] - drow[col]);  // dS^T
+    }
 }
 
 // The dilated query-side rows of tile d (q and dout of head d.j, their lse and
