@@ -3,6 +3,7 @@
 #ifndef DA_ATTENTION_CUDA_LAUNCH_H
 #define DA_ATTENTION_CUDA_LAUNCH_H
 
+#include <cuda.h>  // CUtensorMap (the maps are encoded through the runtime's driver entry point)
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -70,6 +71,19 @@ struct KernelArgs {
   // head g (geo_kv[g]), for j, g < kGeoSlots (args_from_plan fills them).
   HeadGeometry geo_q[kGeoSlots];
   HeadGeometry geo_kv[kGeoSlots];
+};
+
+// TMA descriptors of the dilated tiles the warp-specialized Hopper kernels stream:
+// for pattern i and tensor k (K and V, or Q and dO), the [tokens, heads, d] tensor
+// seen as 4-D (d, heads, residue mod r_i, tokens / r_i), so the rows
+// token0 + r_i t (t < box rows) of one head are the box at (x, head, token0 % r_i,
+// token0 / r_i), 64 columns (128 bytes, 128-byte swizzle: the layout wgmma reads)
+// per box. rows[i] = tokens / r_i rounded down (0: no map; tiles past it, partial
+// tiles and every tile without a map are loaded by cp.async). A second kernel
+// parameter beside KernelArgs.
+struct TileMaps {  // 128-byte aligned, as CUtensorMap
+  CUtensorMap map[2][DA_MAX_PATTERNS];
+  long long rows[DA_MAX_PATTERNS];
 };
 
 // Rows a CTA owns and how many of them per CTA, per pass (see cuda_kernels.cuh).
