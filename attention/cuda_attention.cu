@@ -79,6 +79,13 @@ int fwd_variant() {
   return v >= 0 && v <= 2 ? v : 0;
 }
 
+// Whether the warp-specialized forward loads whole K/V tiles by TMA (default)
+// or everything by cp.async (DA_CUDA_TMA=0; for comparisons, and the tests).
+int use_tma() {
+  const char* env = getenv("DA_CUDA_TMA");
+  return !(env != nullptr && env[0] == '0');
+}
+
 // Which Hopper backward runs: DA_CUDA_BWD_VARIANT=0 (default) the
 // warp-specialized dQ and dK/dV kernels, 1 the one-role ones.
 int bwd_variant() {
@@ -131,6 +138,7 @@ da_status prepare(const da_attention_params* params, const da_attention_batch* b
   a.use_wgmma = use_wgmma(major);
   a.fwd_variant = fwd_variant();
   a.bwd_variant = bwd_variant();
+  a.use_tma = use_tma();
   int w_max = 0;
   for (int i = 0; i < plan.num_patterns; ++i) w_max = plan.w[i] > w_max ? plan.w[i] : w_max;
   if (plan.h > 65535 || plan.h_kv > 65535)

@@ -134,7 +134,6 @@ DA_HD inline bool own_rows(RowGeometry g, int rows, int n, int tile, OwnRows* ou
 // range of the other side's dilated rows the CTA streams for it.
 struct Unit {
   int j;          // query head
-  int pattern;    // index into KernelArgs::w / r
   int a, r, o;    // segment start (sequence-relative), dilation, offset
   int di_first;   // own dilated index of the first selected row
   int di_last;    // ... of the last selected row
@@ -213,7 +212,6 @@ DA_HD inline bool next_unit(const KernelArgs& a, int n, const OwnRows& own, int 
         }
         if (lo >= hi) continue;
         u->j = j;
-        u->pattern = i;
         u->a = seg;
         u->r = r;
         u->o = o;
@@ -245,7 +243,6 @@ struct TileDesc {
   int t_lo, t_hi, base, r;  // own row t is selected iff t in [t_lo, t_hi) and
                             // x = p0 + L t - base >= 0 with x % r == 0 (index x / r)
   int j;                    // query head of the unit
-  int pattern;              // the unit's pattern (KernelArgs::w / r index)
   int serial;               // unit number within the CTA
 };
 
@@ -301,7 +298,6 @@ struct TileStream {
     d->base = u.a + u.o;
     d->r = u.r;
     d->j = u.j;
-    d->pattern = u.pattern;
     d->serial = serial;
     if (++t >= u.ntiles) {
       t = 0;

@@ -624,19 +624,6 @@ __device__ __forceinline__ void dkdv_scores(const KernelArgs& a, const TileDesc&
     }
 }
 
-// The lse and delta of tile d's query rows into ring slot `slot`.
-template <int BN, int NT>
-__device__ __forceinline__ void load_stats(const KernelArgs& a, const TileDesc& d, int slot,
-                                           float* sL, float* sD, int tid) {
-  for (int c = tid; c < 2 * BN; c += NT) {
-    int row = c % BN;
-    bool ok = row < d.valid;
-    long long idx = (d.token + (long long)d.r * row) * a.h + d.j;
-    const float* src = c < BN ? a.lse_in : a.delta;
-    cp_async4((c < BN ? sL : sD) + slot * BN + row, ok ? src + idx : src, ok);
-  }
-}
-
 // The dilated query-side rows of tile d (q and dout of head d.j, their lse and
 // delta) into ring slot `slot` (dK/dV streams these).
 template <typename T, int D, class Mm, int BN, int NT>
@@ -647,7 +634,13 @@ __device__ __forceinline__ void load_qo(const KernelArgs& a, const TileDesc& d, 
                             stride, d.valid, tid);
   Mm::template load<BN, NT>(sO + slot * Mm::tile_elems(BN), static_cast<const T*>(a.dout) + first,
                             stride, d.valid, tid);
-  load_stats<BN, NT>(a, d, slot, sL, sD, tid);
+  for (int c = tid; c < 2 * BN; c += NT) {
+    int row = c % BN;
+    bool ok = row < d.valid;
+    long long idx = (d.token + (long long)d.r * row) * a.h + d.j;
+    const float* src = c < BN ? a.lse_in : a.delta;
+    cp_async4((c < BN ? sL : sD) + slot * BN + row, ok ? src + idx : src, ok);
+  }
 }
 
 // The LSE (log2 units) and delta of own query rows row0 and row0 + 8 of head j

@@ -53,6 +53,7 @@ struct KernelArgs {
                     // 2 one-role (DA_CUDA_FWD_VARIANT)
   int bwd_variant;  // Hopper backward: 0 warp-specialized, 1 the one-role kernels
                     // (DA_CUDA_BWD_VARIANT)
+  int use_tma;      // the Hopper forward's K/V tiles by TMA (DA_CUDA_TMA, default 1)
   int w[DA_MAX_PATTERNS];
   int r[DA_MAX_PATTERNS];
 
@@ -73,17 +74,19 @@ struct KernelArgs {
   HeadGeometry geo_kv[kGeoSlots];
 };
 
-// TMA descriptors of the dilated tiles the warp-specialized Hopper kernels stream:
-// for pattern i and tensor k (K and V, or Q and dO), the [tokens, heads, d] tensor
-// seen as 4-D (d, heads, residue mod r_i, tokens / r_i), so the rows
-// token0 + r_i t (t < box rows) of one head are the box at (x, head, token0 % r_i,
-// token0 / r_i), 64 columns (128 bytes, 128-byte swizzle: the layout wgmma reads)
-// per box. rows[i] = tokens / r_i rounded down (0: no map; tiles past it, partial
-// tiles and every tile without a map are loaded by cp.async). A second kernel
-// parameter beside KernelArgs.
+// TMA descriptors of the dilated K/V tiles the warp-specialized Hopper forward
+// streams: for dilation r[k] and tensor t (K, V), the [tokens, h_kv, d] tensor
+// seen as 4-D (d, h_kv, residue mod r, tokens / r), so the rows token0 + r i of
+// one head (i < box rows) are the box at (x, head, token0 % r, token0 / r), 64
+// columns (128 bytes, 128-byte swizzle: the layout wgmma reads) per box.
+// rows[k] = tokens / r rounded down. Tiles past a map's rows, partial tiles and
+// dilations without a map (count = 0 when DA_CUDA_TMA=0) are loaded by
+// cp.async. A second kernel parameter beside KernelArgs.
 struct TileMaps {  // 128-byte aligned, as CUtensorMap
   CUtensorMap map[2][DA_MAX_PATTERNS];
   long long rows[DA_MAX_PATTERNS];
+  int r[DA_MAX_PATTERNS];
+  int count;
 };
 
 // Rows a CTA owns and how many of them per CTA, per pass (see cuda_kernels.cuh).

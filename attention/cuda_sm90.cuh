@@ -357,23 +357,25 @@ __device__ __forceinline__ void tma_load_4d(void* dst, const CUtensorMap* map, i
 
 // Tile d's rows of the two tensors of `maps` (head `head`) into dst0 / dst1, BN
 // rows each in the swizzled layout: by TMA from thread 0 when the tile is whole
-// and inside its map, returning the bytes the full barrier must expect (on
-// thread 0); else by every producer thread's cp.async (fallback()), returning 0.
-// Partial tiles take cp.async because it zero-fills the rows past the unit,
-// where the map would read the next rows of the tensor (other sequences' tokens:
-// finite in general, but a 0 x inf there would be a NaN here).
-// TMA = false: always cp.async.
-template <typename T, int D, int BN, bool TMA, class Fallback>
+// and inside a map of its dilation, returning the bytes the full barrier must
+// expect (on every thread); else by every producer thread's cp.async
+// (fallback()), returning 0. Partial tiles take cp.async because it zero-fills
+// the rows past the unit, where the map would read the next rows of the tensor
+// (other sequences' tokens: finite in general, but a 0 x inf there would be a
+// NaN here).
+template <typename T, int D, int BN, class Fallback>
 __device__ __forceinline__ int load_tile(const TileMaps& maps, const TileDesc& d, int head, T* dst0,
                                          T* dst1, uint64_t* bar, int tid, Fallback&& fallback) {
-  const long long w = TMA ? d.token / d.r : 0;
-  if (TMA && d.valid == BN && w + BN <= maps.rows[d.pattern]) {
+  int k = 0;
+  while (k < maps.count && maps.r[k] != d.r) ++k;
+  const long long w = d.token / d.r;
+  if (k < maps.count && d.valid == BN && w + BN <= maps.rows[k]) {
     if (tid == 0) {
       const int z = (int)(d.token - w * d.r);
 #pragma unroll
       for (int half = 0; half < D / 64; ++half) {
-        tma_load_4d(dst0 + half * BN * 64, &maps.map[0][d.pattern], half * 64, head, z, (int)w, bar);
-        tma_load_4d(dst1 + half * BN * 64, &maps.map[1][d.pattern], half * 64, head, z, (int)w, bar);
+        tma_load_4d(dst0 + half * BN * 64, &maps.map[0][k], half * 64, head, z, (int)w, bar);
+        tma_load_4d(dst1 + half * BN * 64, &maps.map[1][k], half * 64, head, z, (int)w, bar);
       }
     }
     return 2 * BN * D * (int)sizeof(T);
@@ -383,9 +385,10 @@ __device__ __forceinline__ int load_tile(const TileMaps& maps, const TileDesc& d
 }
 
 // The TileMaps of tensors t0 and t1 ([tokens, heads, D]) for tiles of box_rows
-// rows, one map per pattern; rows[i] = 0 where no map could be made (the kernels
-// then load by cp.async). Host only; the encoder comes from the driver through
-// the runtime, so nothing links libcuda.
+// rows, one pair of maps per distinct dilation that has at least box_rows rows
+// (none when DA_CUDA_TMA=0 or no map can be made: the kernel then loads by
+// cp.async). Host only; the encoder comes from the driver through the runtime,
+// so nothing links libcuda.
 template <typename T>
 TileMaps make_tile_maps(const KernelArgs& a, const void* t0, const void* t1, int heads, int D,
                         int box_rows) {
@@ -401,25 +404,31 @@ TileMaps make_tile_maps(const KernelArgs& a, const void* t0, const void* t1, int
   }();
   TileMaps m;
   memset(&m, 0, sizeof m);
-  if (encode == nullptr) return m;
+  if (encode == nullptr || !a.use_tma) return m;
   const CUtensorMapDataType type = std::is_same<T, __half>::value
                                        ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
                                        : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
   for (int i = 0; i < a.num_patterns; ++i) {
-    const long long r = a.r[i], rows = a.tokens / r;
-    if (rows < box_rows || rows >= (1LL << 31)) continue;
+    const int r = a.r[i];
+    const long long rows = a.tokens / r;
+    bool seen = false;
+    for (int k = 0; k < m.count; ++k) seen = seen || m.r[k] == r;
+    if (seen || rows < box_rows || rows >= (1LL << 31)) continue;
     const cuuint64_t row = (cuuint64_t)D * sizeof(T);
     const cuuint64_t dims[4] = {(cuuint64_t)D, (cuuint64_t)heads, (cuuint64_t)r, (cuuint64_t)rows};
     const cuuint64_t strides[3] = {row, row * heads, row * heads * r};
     const cuuint32_t box[4] = {64, 1, 1, (cuuint32_t)box_rows};
     const cuuint32_t elem[4] = {1, 1, 1, 1};
     bool ok = true;
-    for (int k = 0; k < 2 && ok; ++k)
-      ok = encode(&m.map[k][i], type, 4, const_cast<void*>(k == 0 ? t0 : t1), dims, strides, box,
-                  elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+    for (int t = 0; t < 2 && ok; ++t)
+      ok = encode(&m.map[t][m.count], type, 4, const_cast<void*>(t == 0 ? t0 : t1), dims, strides,
+                  box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                   CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-    m.rows[i] = ok ? rows : 0;
+    if (!ok) continue;
+    m.r[m.count] = r;
+    m.rows[m.count] = rows;
+    ++m.count;
   }
   return m;
 }
@@ -535,8 +544,10 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D>::kThreads, 1)
     Mm::template load<BM, 128>(sQ, static_cast<const T*>(a.q) + q_first, q_stride, own.nrows, tid);
     TileStream stream(a, n, own, j, 1, 0, BN, start);
     produce_tiles<ST>(stream, ring, full, empty, tid, [&](const TileDesc& d, int slot) {
-      return load_tile<T, D, BN, true>(maps, d, gkv, sK + slot * kTile, sV + slot * kTile, &full[slot],
-                                 tid, [&]() { load_kv<T, D, Mm, BN, 128>(a, d, slot, gkv, sK, sV, tid); });
+      return load_tile<T, D, BN>(maps, d, gkv, sK + slot * kTile, sV + slot * kTile,
+                                       &full[slot], tid, [&]() {
+                                         load_kv<T, D, Mm, BN, 128>(a, d, slot, gkv, sK, sV, tid);
+                                       });
     });
     return;
   }
@@ -683,9 +694,12 @@ struct Sm90Bwd {
   // tile's S and dP) measured +2% at d = 64 and -4% at d = 128 (dQ; dK/dV has
   // no registers for it there).
   static constexpr bool kPipelined = D == 64;
-  // The other side's tiles by TMA (load_tile): measured 286 / 306 against 292 /
-  // 318 TFLOP/s by cp.async (d = 64 / 128, n = 128K, H100), so not used here.
-  static constexpr bool kTma = false;
+  // The other side's tiles come by cp.async, not TMA (load_tile): with TMA in
+  // both kernels the backward measured 286 / 306 against 292 / 318 TFLOP/s (d =
+  // 64 / 128, n = 128K, H100); in dK/dV alone 291 / 300, where the same build
+  // measured 289 / 281 with DA_CUDA_TMA=0. So TMA helps dK/dV at d = 128, but
+  // the code around it cost the consumers registers (dK/dV spills 320 -> 480
+  // bytes) and that cost more; a producer of 40 registers spills more.
   static constexpr int tile_elems(int rows) { return rows * D; }
   // Own rows (two tiles), the ring (two tiles, lse and delta a slot), alignment.
   // The epilogue stages 16 x (D + 8) per warp and output in the ring's tiles.
@@ -698,8 +712,7 @@ struct Sm90Bwd {
 
 template <typename T, int D, bool KV_SIDE, bool PIPE, int PREGS>
 __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
-    backward_ws_kernel(const __grid_constant__ KernelArgs a, const __grid_constant__ TileMaps maps,
-                       int tiles_per_seq) {
+    backward_ws_kernel(const __grid_constant__ KernelArgs a, int tiles_per_seq) {
 #ifdef DA_HAVE_WGMMA  // sm_90a only (mbarrier waits, setmaxnreg, wgmma)
   using Cfg = Sm90Bwd<T, D>;
   using Mm = Sm90Mma<T, D>;
@@ -739,18 +752,11 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
     const int gkv = head / group;
     TileStream stream(a, n, own, head_first, head_count, KV_SIDE, BN, start);
     produce_tiles<ST>(stream, ring, full, empty, tid, [&](const TileDesc& d, int slot) {
-      T* x = sX + slot * kTile;
-      T* y = sY + slot * kTile;
-      if constexpr (KV_SIDE) {
-        const int tx = load_tile<T, D, BN, Cfg::kTma>(maps, d, d.j, x, y, &full[slot], tid, [&]() {
-          load_qo<T, D, Mm, BN, 128>(a, d, slot, sX, sY, sL, sD, tid);
-        });
-        if (tx > 0) load_stats<BN, 128>(a, d, slot, sL, sD, tid);  // TMA took the tiles only
-        return tx;
-      } else {
-        return load_tile<T, D, BN, Cfg::kTma>(maps, d, gkv, x, y, &full[slot], tid,
-                                   [&]() { load_kv<T, D, Mm, BN, 128>(a, d, slot, gkv, sX, sY, tid); });
-      }
+      if constexpr (KV_SIDE)
+        load_qo<T, D, Mm, BN, 128>(a, d, slot, sX, sY, sL, sD, tid);
+      else
+        load_kv<T, D, Mm, BN, 128>(a, d, slot, gkv, sX, sY, tid);
+      return 0;  // no TMA bytes (see Sm90Bwd)
     });
     return;
   }
@@ -873,7 +879,7 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
                      own_stride, valid, lane);
   }
 #else
-  (void)a, (void)maps, (void)tiles_per_seq;
+  (void)a, (void)tiles_per_seq;
   __trap();
 #endif
 }
@@ -895,11 +901,11 @@ cudaError_t launch_backward_ws(const KernelArgs& a, cudaStream_t stream) {
   const int tk = max_tiles(a, Cfg::kBM, true), tq = max_tiles(a, Cfg::kBM, false);
   if (tk > 0)
     dkdv<<<dim3((unsigned)((long long)tk * a.batch), (unsigned)a.h_kv), Cfg::kThreads, smem,
-           stream>>>(a, Cfg::kTma ? make_tile_maps<T>(a, a.q, a.dout, a.h, D, Cfg::kBN) : TileMaps{}, tk);
+           stream>>>(a, tk);
   if ((e = cudaGetLastError()) != cudaSuccess) return e;
   if (tq > 0)
     dq<<<dim3((unsigned)((long long)tq * a.batch), (unsigned)a.h), Cfg::kThreads, smem, stream>>>(
-        a, Cfg::kTma ? make_tile_maps<T>(a, a.k, a.v, a.h_kv, D, Cfg::kBN) : TileMaps{}, tq);
+        a, tq);
   return cudaGetLastError();
 }
 

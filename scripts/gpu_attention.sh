@@ -45,7 +45,7 @@ done
 # head-group (each head group one pattern: short work items per CTA).
 if want paths; then
 paths=("default DA_CUDA_FWD_VARIANT=0" "fwd-no-ping-pong DA_CUDA_FWD_VARIANT=1"
-       "fwd-one-role DA_CUDA_FWD_VARIANT=2"
+       "fwd-one-role DA_CUDA_FWD_VARIANT=2" "no-tma DA_CUDA_TMA=0"
        "bwd-one-role DA_CUDA_BWD_VARIANT=1"
        "portable DA_CUDA_PORTABLE=1")
 # A `da` built from another commit, carried as $bundle/base/da, runs beside the

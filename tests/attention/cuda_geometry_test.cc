@@ -75,11 +75,6 @@ Walk KernelPairs(const da_cuda::KernelArgs& a, int n, int rows, int bn, int kv_s
       da_cuda::TileStream stream(a, n, own, s * group, group, kv_side, bn, 0);
       da_cuda::TileDesc d;
       while (stream.next(&d)) {
-        if (d.pattern < 0 || d.pattern >= a.num_patterns || a.r[d.pattern] != d.r) {
-          fail("tile of dilation " + std::to_string(d.r) + " names pattern " +
-               std::to_string(d.pattern));
-          continue;
-        }
         if (d.valid < 1 || d.valid > bn || d.j < s * group || d.j >= (s + 1) * group) {
           fail("tile with " + std::to_string(d.valid) + " rows of head " + std::to_string(d.j));
           continue;
