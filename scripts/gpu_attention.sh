@@ -3,8 +3,10 @@
 # (budgeted to stay inside a 10-minute command): the CUDA attention test, memcheck
 # and synccheck on its small cases, the forward/backward throughput of every
 # kernel path side by side (`da bench`, n = 128K, h = 16, LongNet patterns), and,
-# on request (DA_GPU_STEPS, below), Nsight Compute on each kernel and the full
-# side-by-side benchmark against the PyTorch peers (tools/bench/bench_attention.py).
+# on request (DA_GPU_STEPS, below), Nsight Compute on each kernel (`profile`: the
+# sections; `source`: the sampled stalls per SASS instruction, for
+# scripts/ncu_roles.py) and the full side-by-side benchmark against the PyTorch
+# peers (tools/bench/bench_attention.py).
 # Logs under $OUT; a short table last.
 #
 # Here:   scripts/gpu_bundle.sh cuda_attention   (bundle into gpu_carry/)
@@ -17,7 +19,8 @@ out=${OUT:-gpu_out}
 # per-run scratch (bench JSON, stderr) to $tmp.
 tmp=$(mktemp -d)
 mkdir -p "$out"
-# DA_GPU_STEPS picks the steps (default: test sanitize paths; also profile, bench).
+# DA_GPU_STEPS picks the steps (default: test sanitize paths; also profile, source,
+# bench).
 steps=" ${DA_GPU_STEPS:-test sanitize paths} "
 want() { [[ "$steps" == *" $1 "* ]]; }
 export LD_LIBRARY_PATH="$PWD/$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
