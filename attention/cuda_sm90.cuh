@@ -33,6 +33,17 @@ __device__ __forceinline__ uint64_t wgmma_desc(const void* p) {
   return ((addr & 0x3FFFF) >> 4) | (1ull << 16) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
 }
 
+// The descriptor `bytes` (a multiple of 16) past the one of `desc`: the start
+// address is the low 14 bits in 16-byte units and shared memory ends below
+// 2^18 bytes, so the sum never carries out of the field and one 32-bit add of
+// the low word does it. A wgmma batch computes its base descriptors once and
+// steps with these (building each descriptor from a pointer took ~7 uniform
+// instructions per wgmma, ~90 of the forward's ~525 instructions a tile).
+__device__ __forceinline__ uint64_t desc_add(uint64_t desc, uint32_t bytes) {
+  const uint32_t lo = (uint32_t)desc + (bytes >> 4), hi = (uint32_t)(desc >> 32);
+  return ((uint64_t)hi << 32) | lo;
+}
+
 // scale_d = 0: s = A B^T (the accumulator's old contents are ignored); 1: s += A B^T.
 // Ordering of a warpgroup's wgmma: fence before the first of a batch (the
 // accumulators were written by ordinary instructions), commit the batch as a
@@ -178,12 +189,12 @@ struct Sm90Mma {
   template <int AROWS, int N>
   __device__ static void qk_issue(float (&s)[N / 8][4], const T* sA, const T* sB, int warp) {
 #ifdef DA_HAVE_WGMMA
-    const char* q = reinterpret_cast<const char*>(sA) + (warp / 4) * 64 * 128;
-    const char* k = reinterpret_cast<const char*>(sB);
+    const uint64_t q = wgmma_desc(reinterpret_cast<const char*>(sA) + (warp / 4) * 64 * 128);
+    const uint64_t k = wgmma_desc(sB);
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
-      wgmma_ss<N, T>(s, wgmma_desc(q + (kk / 4) * AROWS * 128 + (kk % 4) * 32),
-                     wgmma_desc(k + (kk / 4) * N * 128 + (kk % 4) * 32), kk > 0);
+      wgmma_ss<N, T>(s, desc_add(q, (kk / 4) * AROWS * 128 + (kk % 4) * 32),
+                     desc_add(k, (kk / 4) * N * 128 + (kk % 4) * 32), kk > 0);
 #else
     (void)s, (void)sA, (void)sB, (void)warp;
     __trap();
@@ -208,13 +219,13 @@ struct Sm90Mma {
   __device__ static void pv_issue(float (&acc)[D / 8][4], const uint32_t (&af)[KROWS / 16][4],
                                   const T* sV) {
 #ifdef DA_HAVE_WGMMA
-    const char* v = reinterpret_cast<const char*>(sV);
+    const uint64_t v = wgmma_desc(sV);
 #pragma unroll
     for (int kk = 0; kk < KROWS / 16; ++kk)
 #pragma unroll
       for (int half = 0; half < D / 64; ++half)
         wgmma_rs_m64n64<T>(*reinterpret_cast<float(*)[8][4]>(&acc[half * 8]), af[kk],
-                           wgmma_desc(v + half * KROWS * 128 + kk * 16 * 128));
+                           desc_add(v, half * KROWS * 128 + kk * 16 * 128));
 #else
     (void)acc, (void)af, (void)sV;
     __trap();
