@@ -105,16 +105,26 @@ Walk KernelPairs(const da_cuda::KernelArgs& a, int n, int rows, int bn, int kv_s
   return out;
 }
 
+// The plan and kernel arguments of configuration c (false, with a test failure,
+// when the plan is rejected).
+bool PlanAndArgs(const Config& c, da_attn_plan* plan, da_cuda::KernelArgs* a) {
+  const da_attention_params p = c.Params();
+  const da_attention_batch b = c.Batch();
+  const da_status st = da_attn_plan_init(&p, &b, plan);
+  EXPECT_EQ(st, DA_STATUS_SUCCESS) << da_last_error();
+  if (st != DA_STATUS_SUCCESS) return false;
+  *a = {};
+  da_cuda::args_from_plan(*plan, a);
+  return true;
+}
+
 // Both sides at the kernels' sizes: forward 128 rows (64- and 128-key tiles: the
 // portable and the Hopper kernels), dQ and dK/dV 64 rows (one-role kernels) and
 // 128 rows (warp-specialized Hopper kernels) with 64-row tiles.
 void CheckGeometry(const Config& c) {
-  const da_attention_params p = c.Params();
-  const da_attention_batch b = c.Batch();
   da_attn_plan plan;
-  ASSERT_EQ(da_attn_plan_init(&p, &b, &plan), DA_STATUS_SUCCESS) << da_last_error();
-  da_cuda::KernelArgs a = {};
-  da_cuda::args_from_plan(plan, &a);
+  da_cuda::KernelArgs a;
+  if (!PlanAndArgs(c, &plan, &a)) return;
   struct Side {
     int rows, bn, kv_side;
   };
@@ -191,12 +201,9 @@ TEST(CudaGeometry, HeadTablesMatchTheComputedGeometry) {
       Config c = da_test::Chosen({96, 200, 2048, 4096, 700}, {3, 5, 2, 8, 7}, 64, heads, 64);
       c.mode = mode ? DA_MODE_HEAD_GROUP : DA_MODE_LONGNET;
       c.h_kv = heads / group;
-      const da_attention_params p = c.Params();
-      const da_attention_batch b = c.Batch();
       da_attn_plan plan;
-      ASSERT_EQ(da_attn_plan_init(&p, &b, &plan), DA_STATUS_SUCCESS) << da_last_error();
-      da_cuda::KernelArgs a = {};
-      da_cuda::args_from_plan(plan, &a);
+      da_cuda::KernelArgs a;
+      ASSERT_TRUE(PlanAndArgs(c, &plan, &a));
       for (int rows : {da_cuda::kBwdRows, da_cuda::kFwdRows}) {
         for (int kv_side = 0; kv_side <= 1; kv_side++) {
           const int sets = kv_side ? plan.h_kv : plan.h, g = kv_side ? group : 1;
