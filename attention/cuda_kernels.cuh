@@ -373,28 +373,41 @@ struct SyncMma {
 template <typename T, int D>
 struct Sm90Mma;
 
-template <typename T, int D, class Mm>
+template <typename T, int D, class Mm, int BM = kFwdRows>
 constexpr int forward_smem_bytes() {
-  // Q and kStages K and V buffers; the epilogue stages 16 x (D + 8) per warp.
-  int tiles = (Mm::tile_elems(kFwdRows) + 2 * Mm::kStages * Mm::tile_elems(Mm::kBN)) *
-              (int)sizeof(T);
-  int stage = kFwdRows * (D + 8) * (int)sizeof(T);
+  // Q (BM rows) and kStages K and V buffers; the epilogue stages 16 x (D + 8)
+  // per warp.
+  int tiles = (Mm::tile_elems(BM) + 2 * Mm::kStages * Mm::tile_elems(Mm::kBN)) * (int)sizeof(T);
+  int stage = BM * (D + 8) * (int)sizeof(T);
   return (tiles > stage ? tiles : stage) + Mm::kAlign;
 }
+
+// The online softmax keeps a reference maximum m per row and moves it only when
+// a tile's maximum exceeds it by more than kRescaleSlack (log2 units). Until then
+// the probabilities exp2(s - m) stay <= 2^kRescaleSlack, which fp32 sums, bf16 and
+// fp16 hold exactly as well as values <= 1 (only the exponent differs), and O / l
+// and LSE = m + log2 l do not depend on which m was used. Most tiles after the
+// first few then skip the rescale of O and the two exp2 of alpha.
+constexpr float kRescaleSlack = 8.f;
 
 // One online-softmax step of the forward pass for a warp's two rows (row0 =
 // lane / 4 and row0 + 8 of its 16, own dilated indices di0 / di1 in the tile's
 // unit, -1 when unselected): masks the raw scores of tile d where the tile needs
-// it, turns s into the unnormalised probabilities P and updates the running max
-// and sum; alpha is the factor the output accumulator must be rescaled by
-// (softmax_rescale), kept apart so the rescale can wait for a product in flight.
-// The scale is folded into the exponent's FMA (scale > 0, so it commutes with
-// the max).
+// it, turns s into the unnormalised probabilities P and updates the reference
+// maximum and the running sum. Returns whether the output accumulator must be
+// rescaled by alpha (softmax_rescale; the same for the whole warp, one vote), kept
+// apart so the rescale can wait for a product in flight. The maxima and sums run
+// as four independent chains per row: one warp per scheduler does this step while
+// the other consumer's products run, so latency, not throughput, bounds it. The
+// scale is folded into the exponent's FMA (scale > 0, so it commutes with the
+// max).
 template <int BN>
-__device__ __forceinline__ void softmax_scores(const KernelArgs& a, const TileDesc& d, int di0,
+__device__ __forceinline__ bool softmax_scores(const KernelArgs& a, const TileDesc& d, int di0,
                                                int di1, int lane, float (&s)[BN / 8][4],
                                                float (&m_run)[2], float (&l_run)[2],
                                                float (&alpha)[2]) {
+  static_assert(BN % 32 == 0, "four chains of whole 8-column blocks");
+  constexpr int kChains = 4;
   const bool masked =
       !d.all_rows || d.k0 + BN > d.hi || (a.causal && d.k0 + BN - 1 > d.di_first);
   if (masked) {
@@ -407,25 +420,40 @@ __device__ __forceinline__ void softmax_scores(const KernelArgs& a, const TileDe
       }
     }
   }
+  float mx[2];
 #pragma unroll
   for (int rr = 0; rr < 2; ++rr) {
-    float mx = -INFINITY;
+    float c[kChains];
 #pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * rr], s[nt][2 * rr + 1]));
-    mx = quad_max(mx) * a.scale_log2;
-    float m_new = fmaxf(m_run[rr], mx);
-    float base = m_new == -INFINITY ? 0.f : m_new;
-    alpha[rr] = fast_exp2(m_run[rr] - base);
-    m_run[rr] = m_new;
-    float sum = 0.f;
+    for (int k = 0; k < kChains; ++k) c[k] = fmaxf(s[k][2 * rr], s[k][2 * rr + 1]);
+#pragma unroll
+    for (int nt = kChains; nt < BN / 8; ++nt)
+      c[nt % kChains] = fmaxf(c[nt % kChains], fmaxf(s[nt][2 * rr], s[nt][2 * rr + 1]));
+    mx[rr] = fmaxf(fmaxf(c[0], c[1]), fmaxf(c[2], c[3]));
+  }
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) mx[rr] = quad_max(mx[rr]) * a.scale_log2;
+  const bool rescale = __any_sync(0xffffffffu, mx[0] > m_run[0] + kRescaleSlack ||
+                                                   mx[1] > m_run[1] + kRescaleSlack);
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    if (rescale) {
+      const float m_new = fmaxf(m_run[rr], mx[rr]);
+      alpha[rr] = fast_exp2(m_run[rr] - (m_new == -INFINITY ? 0.f : m_new));
+      m_run[rr] = m_new;
+    }
+    const float base = m_run[rr] == -INFINITY ? 0.f : m_run[rr];
+    float c[kChains] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt) {
       s[nt][2 * rr] = fast_exp2(fmaf(s[nt][2 * rr], a.scale_log2, -base));
       s[nt][2 * rr + 1] = fast_exp2(fmaf(s[nt][2 * rr + 1], a.scale_log2, -base));
-      sum += s[nt][2 * rr] + s[nt][2 * rr + 1];
+      c[nt % kChains] += s[nt][2 * rr] + s[nt][2 * rr + 1];
     }
-    l_run[rr] = l_run[rr] * alpha[rr] + sum;
+    const float sum = (c[0] + c[1]) + (c[2] + c[3]);
+    l_run[rr] = rescale ? l_run[rr] * alpha[rr] + sum : l_run[rr] + sum;
   }
+  return rescale;
 }
 
 template <int D>
@@ -499,8 +527,8 @@ __global__ void __launch_bounds__(kFwdRows * 2, Mm::kMinBlocks)
         zero(s);
         Mm::template qk<BM, BN>(s, sQ, sK + slot * Mm::tile_elems(BN), warp, lane);
         float alpha[2];
-        softmax_scores<BN>(a, d, idx.di0, idx.di1, lane, s, m_run, l_run, alpha);
-        softmax_rescale<D>(acc, alpha);
+        if (softmax_scores<BN>(a, d, idx.di0, idx.di1, lane, s, m_run, l_run, alpha))
+          softmax_rescale<D>(acc, alpha);
         Mm::template pv<BN>(acc, s, sV + slot * Mm::tile_elems(BN), warp, lane);
       });
 

@@ -54,6 +54,8 @@ struct KernelArgs {
   int bwd_variant;  // Hopper backward: 0 warp-specialized, 1 the one-role kernels
                     // (DA_CUDA_BWD_VARIANT)
   int use_tma;      // the Hopper forward's K/V tiles by TMA (DA_CUDA_TMA, default 1)
+  int fwd_consumers;  // consumer warpgroups of the Hopper forward at d = 64: 2 or 3
+                      // (cuda_attention.cu, DA_CUDA_FWD_CONSUMERS)
   int w[DA_MAX_PATTERNS];
   int r[DA_MAX_PATTERNS];
 

@@ -449,12 +449,12 @@ TileMaps make_tile_maps(const KernelArgs& a, const void* t0, const void* t1, int
 // themselves) and producer thread 0 has stored the tile's descriptor (one
 // ordinary arrival, which releases that store); it is empty once every consumer
 // warp's products have read it (8 arrivals).
-template <int ST>
+template <int ST, int CONSUMER_WARPS = 8>
 __device__ __forceinline__ void init_ring(uint64_t* full, uint64_t* empty, int tid) {
   if (tid == 0) {
     for (int s = 0; s < ST; ++s) {
       mbar_init(&full[s], 128 + 1);
-      mbar_init(&empty[s], 8);
+      mbar_init(&empty[s], CONSUMER_WARPS);
     }
   }
   __syncthreads();
@@ -502,36 +502,45 @@ __device__ __forceinline__ void wait_full(uint64_t* full, int slot, int parity) 
   fence_proxy_async();
 }
 
-// Shape of forward_ws_kernel: 128-key tiles; d = 64: 4 slots (144 KiB),
-// d = 128: 3 slots (224 KiB). A consumer releases a slot one iteration after
-// reading its K (V is read then).
-template <typename T, int D>
+// Shape of forward_ws_kernel with NC consumer warpgroups of 64 query rows.
+// NC = 2 (d = 128; and d = 64 with DA_CUDA_FWD_CONSUMERS=2): 128 query rows,
+// 128-key tiles; d = 64: 4 slots (144 KiB), d = 128: 3 slots (224 KiB).
+// NC = 3 (d = 64): 192 query rows and 64-key tiles in 8 slots (152 KiB): the
+// consumers' softmax is bound by latency, not by a pipe (with the products
+// removed a d = 64 forward still took 88% of its time, with the softmax
+// removed 71%), and a third consumer warp on each scheduler hides it. A
+// consumer releases a slot one iteration after reading its K (V is read then).
+template <typename T, int D, int NC = 2>
 struct Sm90Fwd {
-  static constexpr int kBN = 128;
-  static constexpr int kStages = D == 64 ? 4 : 3;
+  static_assert(NC == 2 || NC == 3, "two or three consumer warpgroups");
+  static constexpr int kConsumers = NC;
+  static constexpr int kBM = 64 * NC;
+  static constexpr int kBN = NC == 3 ? 64 : 128;
+  static constexpr int kStages = NC == 3 ? 8 : D == 64 ? 4 : 3;
   static constexpr int kAlign = 1024;
-  static constexpr int kThreads = 3 * 128;
-  // Registers per thread. The kernel is compiled for 168 (65536 / 384, rounded
-  // down to 8) and launched with that many for every warp; setmaxnreg then moves
-  // them from the producer (its unit walk needs ~100) to the consumers. The
-  // consumers' setmaxnreg.inc waits until the producer's registers are free, so
-  // the two must balance exactly or the CTA never starts computing.
-  static constexpr int kLaunchRegs = 168;
+  static constexpr int kThreads = (NC + 1) * 128;
+  // Registers per thread. The kernel is compiled for 65536 / kThreads (rounded
+  // down to 8: 168 with two consumers, 128 with three) and launched with that
+  // many for every warp; setmaxnreg then moves them from the producer (its unit
+  // walk needs ~100) to the consumers. The consumers' setmaxnreg.inc waits until
+  // the producer's registers are free, so the two must balance exactly or the
+  // CTA never starts computing.
+  static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;
   static constexpr int kProducerRegs = D == 64 ? 104 : 88;
-  static constexpr int kConsumerRegs = (kLaunchRegs * 3 - kProducerRegs) / 2 / 8 * 8;
-  static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= 384 * kLaunchRegs,
+  static constexpr int kConsumerRegs = (kLaunchRegs * (NC + 1) - kProducerRegs) / NC / 8 * 8;
+  static_assert(128 * kProducerRegs + NC * 128 * kConsumerRegs <= (NC + 1) * 128 * kLaunchRegs,
                 "setmaxnreg: the consumers take more registers than the producer frees");
   static constexpr int tile_elems(int rows) { return rows * D; }
 };
 
-template <typename T, int D, bool PINGPONG>
-__global__ void __launch_bounds__(Sm90Fwd<T, D>::kThreads, 1)
+template <typename T, int D, bool PINGPONG, int NC>
+__global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
     forward_ws_kernel(const __grid_constant__ KernelArgs a, const __grid_constant__ TileMaps maps,
                       int tiles_per_seq) {
 #ifdef DA_HAVE_WGMMA  // sm_90a only (mbarrier waits, setmaxnreg, wgmma)
-  using Cfg = Sm90Fwd<T, D>;
+  using Cfg = Sm90Fwd<T, D, NC>;
   using Mm = Sm90Mma<T, D>;
-  constexpr int BM = kFwdRows, BN = Cfg::kBN, ST = Cfg::kStages, S = D + 8;
+  constexpr int BM = Cfg::kBM, BN = Cfg::kBN, ST = Cfg::kStages, S = D + 8;
   constexpr int kTile = Cfg::tile_elems(BN);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ TileDesc ring[ST];
@@ -544,7 +553,7 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D>::kThreads, 1)
   int n;
   OwnRows own;
   if (!cta_rows(a, tiles_per_seq, j, 1, BM, &start, &n, &own)) return;
-  init_ring<ST>(full, empty, tid);
+  init_ring<ST, 4 * NC>(full, empty, tid);
   const long long q_stride = (long long)own.L * a.h * D;
   const long long q_first = ((start + own.p0) * a.h + j) * D;
 
@@ -574,13 +583,14 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D>::kThreads, 1)
   RowIndices idx;
   float alpha[2];
   // Turns on the tensor cores: with PINGPONG consumer 0 takes the first and the
-  // consumers alternate; consumer 1 skips the hand-back after its last turn, so
-  // every bar.arrive meets a bar.sync.
+  // consumers take turns in order (named barrier 1 + c is consumer c's turn);
+  // the last consumer skips the hand-off after its last turn, so every
+  // bar.arrive meets a bar.sync (all consumers take the same number of turns).
   auto take_turn = [&](bool first) {
     if (PINGPONG && !(cg == 0 && first)) named_sync(1 + cg, 256);
   };
   auto hand_off = [&](bool last) {
-    if (PINGPONG && !(cg == 1 && last)) named_arrive(2 - cg, 256);
+    if (PINGPONG && !(cg == NC - 1 && last)) named_arrive(1 + (cg + 1) % NC, 256);
   };
   auto release = [&](int slot) {
     __syncwarp();
@@ -619,8 +629,8 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D>::kThreads, 1)
       fence_regs(acc);
       release(prev);
       idx.update(d, own, row0);
-      softmax_scores<BN>(a, d, idx.di0, idx.di1, lane, s, m_run, l_run, alpha);
-      softmax_rescale<D>(acc, alpha);
+      if (softmax_scores<BN>(a, d, idx.di0, idx.di1, lane, s, m_run, l_run, alpha))
+        softmax_rescale<D>(acc, alpha);
       Mm::template pack_p<BN>(s, af);
       prev = slot;
     }
@@ -632,7 +642,7 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D>::kThreads, 1)
     wgmma_wait<0>();
     fence_regs(acc);
   }
-  named_sync(3, 256);  // both consumers are done with Q and the ring (the epilogue stages there)
+  named_sync(1 + NC, NC * 128);  // the consumers are done with Q and the ring (the epilogue stages there)
   forward_epilogue<T, D>(a, acc, m_run, l_run, sQ + cw * 16 * S, start, own, q_first, q_stride, j,
                          cw, lane);
 #else
@@ -648,24 +658,35 @@ int compiled_regs(Kernel kernel) {
   return cudaFuncGetAttributes(&fa, kernel) == cudaSuccess ? fa.numRegs : -1;
 }
 
-template <typename T, int D, bool PINGPONG>
-cudaError_t launch_forward_ws(const KernelArgs& a, cudaStream_t stream) {
-  using Cfg = Sm90Fwd<T, D>;
-  constexpr int smem = forward_smem_bytes<T, D, Cfg>();
-  cudaError_t attr = cudaFuncSetAttribute(forward_ws_kernel<T, D, PINGPONG>,
+template <typename T, int D, bool PINGPONG, int NC>
+cudaError_t launch_forward_ws_with(const KernelArgs& a, cudaStream_t stream) {
+  using Cfg = Sm90Fwd<T, D, NC>;
+  constexpr int smem = forward_smem_bytes<T, D, Cfg, Cfg::kBM>();
+  cudaError_t attr = cudaFuncSetAttribute(forward_ws_kernel<T, D, PINGPONG, NC>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (attr != cudaSuccess) return attr;
   // setmaxnreg's balance assumes the kernel was compiled for kLaunchRegs per
   // thread; were it fewer, the consumers would wait for registers forever, so
   // the one-role kernel runs instead (checked once per instantiation).
-  static const int regs = compiled_regs(forward_ws_kernel<T, D, PINGPONG>);
+  static const int regs = compiled_regs(forward_ws_kernel<T, D, PINGPONG, NC>);
   if (regs != Cfg::kLaunchRegs) return launch_forward_with<T, D, Sm90Mma<T, D>>(a, stream);
-  int tiles = max_tiles(a, kFwdRows, false);
+  int tiles = max_tiles(a, Cfg::kBM, false);
   if (tiles == 0) return cudaSuccess;
   dim3 grid((unsigned)((long long)tiles * a.batch), (unsigned)a.h);
   const TileMaps maps = make_tile_maps<T>(a, a.k, a.v, a.h_kv, D, Cfg::kBN);
-  forward_ws_kernel<T, D, PINGPONG><<<grid, Cfg::kThreads, smem, stream>>>(a, maps, tiles);
+  forward_ws_kernel<T, D, PINGPONG, NC><<<grid, Cfg::kThreads, smem, stream>>>(a, maps, tiles);
   return cudaGetLastError();
+}
+
+// d = 64 runs three consumer warpgroups where KernelArgs::fwd_consumers says so
+// (cuda_attention.cu); d = 128 always two (three would spill: O alone is 64
+// registers).
+template <typename T, int D, bool PINGPONG>
+cudaError_t launch_forward_ws(const KernelArgs& a, cudaStream_t stream) {
+  if constexpr (D == 64) {
+    if (a.fwd_consumers == 3) return launch_forward_ws_with<T, D, PINGPONG, 3>(a, stream);
+  }
+  return launch_forward_ws_with<T, D, PINGPONG, 2>(a, stream);
 }
 
 // ------------------------------------------ warp-specialized backward ----

@@ -128,9 +128,10 @@ DA_API da_status da_attention_backward_cpu(const da_attention_params* params,
  * use wgmma (Hopper tensor cores), warp-specialized; everything else uses
  * portable mma.sync kernels (sm_80+). Environment DA_CUDA_PORTABLE=1 forces the
  * portable kernels on any GPU; DA_CUDA_FWD_VARIANT and DA_CUDA_BWD_VARIANT pick
- * the other Hopper kernels for comparisons and DA_CUDA_TMA=0 makes the Hopper
- * forward load its tiles by cp.async instead of TMA (docs/attention_cuda.md);
- * they differ only in fp32 rounding order.
+ * the other Hopper kernels for comparisons, DA_CUDA_TMA=0 makes the Hopper
+ * forward load its tiles by cp.async instead of TMA and DA_CUDA_FWD_CONSUMERS (2
+ * or 3) fixes the consumer warpgroups of the head_dim 64 forward
+ * (docs/attention_cuda.md); they differ only in fp32 rounding order.
  *
  * Supported: head_dim 32, 64, 96 or 128; sm_80 or newer. Anything else gives
  * DA_STATUS_NOT_SUPPORTED with a sentence, never a wrong answer; no GPU gives

@@ -47,8 +47,13 @@ done
 # One `da bench` per kernel path and mode: "label env" pairs, LongNet then
 # head-group (each head group one pattern: short work items per CTA).
 if want paths; then
+# DA_GPU_EXTRA_PATHS adds "label env" entries (separated by ';'), DA_GPU_SKIP_PATHS
+# drops the labels it matches (an extended regular expression).
+IFS=';' read -ra extra <<<"${DA_GPU_EXTRA_PATHS:-}"
 paths=("default DA_CUDA_FWD_VARIANT=0" "fwd-no-ping-pong DA_CUDA_FWD_VARIANT=1"
-       "fwd-one-role DA_CUDA_FWD_VARIANT=2" "no-tma DA_CUDA_TMA=0"
+       "fwd-one-role DA_CUDA_FWD_VARIANT=2" "${extra[@]}" "fwd-2-consumers DA_CUDA_FWD_CONSUMERS=2"
+       "fwd-3-consumers DA_CUDA_FWD_CONSUMERS=3"
+       "no-tma DA_CUDA_TMA=0"
        "bwd-one-role DA_CUDA_BWD_VARIANT=1"
        "portable DA_CUDA_PORTABLE=1")
 # A `da` built from another commit, carried as $bundle/base/da, runs beside the
@@ -59,6 +64,7 @@ for mode in longnet head-group; do
 for d in 64 128; do
   for entry in "${paths[@]}"; do
     label=${entry%% *}
+    [ -n "${DA_GPU_SKIP_PATHS:-}" ] && [[ "$label" =~ ^(${DA_GPU_SKIP_PATHS})$ ]] && continue
     [ "$mode" = head-group ] && [ "$label" = portable ] && continue
     bin=$da
     [ "$label" = baseline ] && bin=$bundle/base/da
@@ -116,6 +122,13 @@ if want source; then
     done
   done
   tar -C "$tmp" -czf "$out/source_csv.tar.gz" $(cd "$tmp" && ls src_*.csv)
+fi
+
+# sass: the SASS of the warp-specialized kernels (cuobjdump), to read offline.
+if want sass; then
+  cuobjdump=$(command -v cuobjdump || echo /usr/local/cuda/bin/cuobjdump)
+  "$cuobjdump" -sass "$bundle/libdilated_attention.so" 2>&1 | gzip >"$out/sass.txt.gz"
+  row "sass" "rc=$? $(zcat "$out/sass.txt.gz" | grep -c 'Function :') functions"
 fi
 
 if want bench; then

@@ -474,6 +474,7 @@ constexpr const char* kPortableEnv = "DA_CUDA_PORTABLE";
 constexpr const char* kForwardVariantEnv = "DA_CUDA_FWD_VARIANT";
 constexpr const char* kBackwardVariantEnv = "DA_CUDA_BWD_VARIANT";
 constexpr const char* kTmaEnv = "DA_CUDA_TMA";
+constexpr const char* kConsumersEnv = "DA_CUDA_FWD_CONSUMERS";
 
 void ExpectBitIdentical(const GpuOutputs& a, const GpuOutputs& b, const std::string& what) {
   EXPECT_TRUE(a.out == b.out) << "out differs: " << what;
@@ -527,15 +528,19 @@ TEST(CudaAttentionSmall, PortableKernelsMatchCpuOnChosenCases) {
 
 // The other Hopper kernels (the defaults ran above): DA_CUDA_FWD_VARIANT 1
 // (warp-specialized forward without ping-pong) and 2 (one-role forward),
-// DA_CUDA_BWD_VARIANT 1 (one-role dQ and dK/dV), and DA_CUDA_TMA=0 (the
-// warp-specialized forward's tiles all by cp.async). On other GPUs the variables
-// are ignored and these repeat the portable path.
+// DA_CUDA_BWD_VARIANT 1 (one-role dQ and dK/dV), DA_CUDA_TMA=0 (the
+// warp-specialized forward's tiles all by cp.async) and DA_CUDA_FWD_CONSUMERS 2
+// and 3 (the d = 64 forward with two consumer warpgroups and 128-key tiles, or
+// three and 64-key tiles, whichever the case would not pick by itself). On
+// other GPUs the variables are ignored and these repeat the portable path.
 TEST(CudaAttentionSmall, OtherHopperKernelsMatchCpuOnChosenCases) {
   REQUIRE_GPU();
   const std::pair<const char*, const char*> variants[] = {{kForwardVariantEnv, "1"},
                                                           {kForwardVariantEnv, "2"},
                                                           {kBackwardVariantEnv, "1"},
-                                                          {kTmaEnv, "0"}};
+                                                          {kTmaEnv, "0"},
+                                                          {kConsumersEnv, "2"},
+                                                          {kConsumersEnv, "3"}};
   for (const auto& [name, value] : variants) {
     ScopedEnv env(name, value);
     std::mt19937_64 rng(0x5eed0c07);
