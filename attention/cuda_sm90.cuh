@@ -448,7 +448,7 @@ TileMaps make_tile_maps(const KernelArgs& a, const void* t0, const void* t1, int
 // producer thread's copies have landed (128 arrivals made by the copies
 // themselves) and producer thread 0 has stored the tile's descriptor (one
 // ordinary arrival, which releases that store); it is empty once every consumer
-// warp's products have read it (8 arrivals).
+// warp's products have read it (CONSUMER_WARPS arrivals).
 template <int ST, int CONSUMER_WARPS = 8>
 __device__ __forceinline__ void init_ring(uint64_t* full, uint64_t* empty, int tid) {
   if (tid == 0) {
@@ -513,7 +513,6 @@ __device__ __forceinline__ void wait_full(uint64_t* full, int slot, int parity) 
 template <typename T, int D, int NC = 2>
 struct Sm90Fwd {
   static_assert(NC == 2 || NC == 3, "two or three consumer warpgroups");
-  static constexpr int kConsumers = NC;
   static constexpr int kBM = 64 * NC;
   static constexpr int kBN = NC == 3 ? 64 : 128;
   static constexpr int kStages = NC == 3 ? 8 : D == 64 ? 4 : 3;
@@ -642,7 +641,8 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
     wgmma_wait<0>();
     fence_regs(acc);
   }
-  named_sync(1 + NC, NC * 128);  // the consumers are done with Q and the ring (the epilogue stages there)
+  // The consumers are done with Q and the ring (the epilogue stages there).
+  named_sync(1 + NC, NC * 128);
   forward_epilogue<T, D>(a, acc, m_run, l_run, sQ + cw * 16 * S, start, own, q_first, q_stride, j,
                          cw, lane);
 #else
