@@ -93,6 +93,7 @@ struct TileMaps {  // 128-byte aligned, as CUtensorMap
 
 // Rows a CTA owns and how many of them per CTA, per pass (see cuda_kernels.cuh).
 constexpr int kFwdRows = 128;   // forward: 8 warps x 16 query rows
+constexpr int kFwdWideRows = 192;  // d = 64 Hopper forward with three consumer warpgroups
 constexpr int kBwdRows = 64;    // dQ and dK/dV: 4 warps x 16 rows
 constexpr int kOtherRows = 64;  // keys (forward, dQ) or queries (dK/dV) per tile
 constexpr int kBwdWsRows = 128; // warp-specialized Hopper dQ and dK/dV: 2 consumers x 64

@@ -15,10 +15,10 @@
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 #include <string.h>
 
-#include <mutex>
 #include <type_traits>
 
 #include "attention/cuda_kernels.cuh"
+#include "attention/tile_maps_cache.h"
 
 namespace da_cuda {
 
@@ -396,6 +396,12 @@ __device__ __forceinline__ int load_tile(const TileMaps& maps, const TileDesc& d
   return 0;
 }
 
+template <typename T>
+constexpr CUtensorMapDataType tile_map_type() {
+  return std::is_same<T, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                        : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+}
+
 // The TileMaps of tensors t0 and t1 ([tokens, heads, D]) for tiles of box_rows
 // rows, one pair of maps per distinct dilation that has at least box_rows rows
 // (none when no map can be made: the kernel then loads by cp.async). Host only;
@@ -417,9 +423,7 @@ TileMaps encode_tile_maps(const KernelArgs& a, const void* t0, const void* t1, i
   TileMaps m;
   memset(&m, 0, sizeof m);
   if (encode == nullptr) return m;
-  const CUtensorMapDataType type = std::is_same<T, __half>::value
-                                       ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
-                                       : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  const CUtensorMapDataType type = tile_map_type<T>();
   for (int i = 0; i < a.num_patterns; ++i) {
     const int r = a.r[i];
     const long long rows = a.tokens / r;
@@ -445,57 +449,21 @@ TileMaps encode_tile_maps(const KernelArgs& a, const void* t0, const void* t1, i
   return m;
 }
 
-// What a TileMaps encodes, all of it: equal keys give byte-identical maps (the
-// maps hold addresses and sizes only, so a buffer freed and allocated again at
-// the same address with the same shape needs no new maps).
-struct TileMapsKey {
-  const void* t0;
-  const void* t1;
-  long long tokens;
-  int heads, D, box_rows, num_patterns;
-  int r[DA_MAX_PATTERNS];
-};
-
 // make_tile_maps: the maps of encode_tile_maps (none when DA_CUDA_TMA=0), from
-// a cache of the last kTileMapsCached keys per element type. Encoding is host
-// work (two maps per distinct dilation, ~1 us each), and a training loop calls
-// with the same buffers and shape step after step, so the plan's maps are
-// encoded once. Thread-safe (one mutex; a hit copies the maps out).
-constexpr int kTileMapsCached = 8;
-
+// the cache of the last TileMapsCache::kEntries keys (tile_maps_cache.h).
 template <typename T>
 TileMaps make_tile_maps(const KernelArgs& a, const void* t0, const void* t1, int heads, int D,
                         int box_rows) {
+  TileMaps m;
   if (!a.use_tma) {
-    TileMaps none;
-    memset(&none, 0, sizeof none);
-    return none;
+    memset(&m, 0, sizeof m);
+    return m;
   }
-  TileMapsKey key;
-  memset(&key, 0, sizeof key);  // padding included: keys compare by memcmp
-  key.t0 = t0;
-  key.t1 = t1;
-  key.tokens = a.tokens;
-  key.heads = heads;
-  key.D = D;
-  key.box_rows = box_rows;
-  key.num_patterns = a.num_patterns;
-  for (int i = 0; i < a.num_patterns; ++i) key.r[i] = a.r[i];
-  static std::mutex mu;
-  static TileMapsKey keys[kTileMapsCached];
-  static TileMaps maps[kTileMapsCached];
-  static int used = 0, next = 0;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    for (int i = 0; i < used; ++i)
-      if (memcmp(&keys[i], &key, sizeof key) == 0) return maps[i];
-  }
-  const TileMaps m = encode_tile_maps<T>(a, t0, t1, heads, D, box_rows);
-  std::lock_guard<std::mutex> lock(mu);
-  keys[next] = key;
-  maps[next] = m;
-  next = (next + 1) % kTileMapsCached;
-  if (used < kTileMapsCached) ++used;
+  static TileMapsCache cache;
+  const TileMapsKey key = tile_maps_key(a, t0, t1, (int)tile_map_type<T>(), heads, D, box_rows);
+  if (cache.Find(key, &m)) return m;
+  m = encode_tile_maps<T>(a, t0, t1, heads, D, box_rows);
+  cache.Insert(key, m);
   return m;
 }
 
@@ -569,6 +537,7 @@ template <typename T, int D, int NC = 2>
 struct Sm90Fwd {
   static_assert(NC == 2 || NC == 3, "two or three consumer warpgroups");
   static constexpr int kBM = 64 * NC;
+  static_assert(NC == 2 ? kBM == kFwdRows : kBM == kFwdWideRows, "the rows the geometry test walks");
   static constexpr int kBN = NC == 3 ? 64 : 128;
   static constexpr int kStages = NC == 3 ? 8 : D == 64 ? 4 : 3;
   static constexpr int kAlign = 1024;

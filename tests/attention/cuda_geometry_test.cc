@@ -8,12 +8,14 @@
 // (LongNet's multiset), and every position must be owned by exactly one CTA.
 #include <gtest/gtest.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <random>
 #include <string>
 #include <vector>
 
 #include "attention/cuda_geometry.h"
+#include "attention/tile_maps_cache.h"
 #include "attention/params.h"
 #include "tests/attention/test_util.h"
 
@@ -119,8 +121,9 @@ bool PlanAndArgs(const Config& c, da_attn_plan* plan, da_cuda::KernelArgs* a) {
 }
 
 // Both sides at the kernels' sizes: forward 128 rows (64- and 128-key tiles: the
-// portable and the Hopper kernels), dQ and dK/dV 64 rows (one-role kernels) and
-// 128 rows (warp-specialized Hopper kernels) with 64-row tiles.
+// portable and the Hopper kernels) and 192 rows with 64-key tiles (the d = 64
+// Hopper forward with three consumers), dQ and dK/dV 64 rows (one-role kernels)
+// and 128 rows (warp-specialized Hopper kernels) with 64-row tiles.
 void CheckGeometry(const Config& c) {
   da_attn_plan plan;
   da_cuda::KernelArgs a;
@@ -130,6 +133,7 @@ void CheckGeometry(const Config& c) {
   };
   const Side sides[] = {{da_cuda::kFwdRows, da_cuda::kOtherRows, 0},
                         {da_cuda::kFwdRows, 128, 0},
+                        {da_cuda::kFwdWideRows, da_cuda::kOtherRows, 0},
                         {da_cuda::kBwdRows, da_cuda::kOtherRows, 0},
                         {da_cuda::kBwdRows, da_cuda::kOtherRows, 1},
                         {da_cuda::kBwdWsRows, da_cuda::kOtherRows, 0},
@@ -204,7 +208,7 @@ TEST(CudaGeometry, HeadTablesMatchTheComputedGeometry) {
       da_attn_plan plan;
       da_cuda::KernelArgs a;
       ASSERT_TRUE(PlanAndArgs(c, &plan, &a));
-      for (int rows : {da_cuda::kBwdRows, da_cuda::kFwdRows}) {
+      for (int rows : {da_cuda::kBwdRows, da_cuda::kFwdRows, da_cuda::kFwdWideRows}) {
         for (int kv_side = 0; kv_side <= 1; kv_side++) {
           const int sets = kv_side ? plan.h_kv : plan.h, g = kv_side ? group : 1;
           for (int s = 0; s < sets; s++) {
@@ -215,6 +219,74 @@ TEST(CudaGeometry, HeadTablesMatchTheComputedGeometry) {
                 << "): L " << got.L << " G " << got.G << " instead of " << want.L << " " << want.G;
           }
         }
+      }
+    }
+  }
+}
+
+// The tensor-map cache's key holds everything the encoder reads: changing any
+// one of them gives another key, the same inputs the same key.
+TEST(TileMapsCache, KeysDifferInEverythingTheEncoderReads) {
+  const Config c = da_test::Chosen({64, 128, 256}, {1, 2, 4}, 1024, 4, 64);
+  da_attn_plan plan;
+  da_cuda::KernelArgs a;
+  ASSERT_TRUE(PlanAndArgs(c, &plan, &a));
+  int t0 = 0, t1 = 0, other = 0;
+  auto key = [&](const da_cuda::KernelArgs& args, const void* p0, const void* p1, int dtype,
+                 int heads, int d, int box) {
+    return da_cuda::tile_maps_key(args, p0, p1, dtype, heads, d, box);
+  };
+  auto same = [](const da_cuda::TileMapsKey& x, const da_cuda::TileMapsKey& y) {
+    return memcmp(&x, &y, sizeof x) == 0;
+  };
+  const da_cuda::TileMapsKey base = key(a, &t0, &t1, 9, 4, 64, 128);
+  EXPECT_TRUE(same(base, key(a, &t0, &t1, 9, 4, 64, 128)));
+  EXPECT_FALSE(same(base, key(a, &other, &t1, 9, 4, 64, 128)));
+  EXPECT_FALSE(same(base, key(a, &t0, &other, 9, 4, 64, 128)));
+  EXPECT_FALSE(same(base, key(a, &t1, &t0, 9, 4, 64, 128)));
+  EXPECT_FALSE(same(base, key(a, &t0, &t1, 10, 4, 64, 128)));
+  EXPECT_FALSE(same(base, key(a, &t0, &t1, 9, 2, 64, 128)));
+  EXPECT_FALSE(same(base, key(a, &t0, &t1, 9, 4, 128, 128)));
+  EXPECT_FALSE(same(base, key(a, &t0, &t1, 9, 4, 64, 64)));
+  da_cuda::KernelArgs b = a;
+  b.tokens += 1;
+  EXPECT_FALSE(same(base, key(b, &t0, &t1, 9, 4, 64, 128)));
+  b = a;
+  b.r[2] = 8;
+  EXPECT_FALSE(same(base, key(b, &t0, &t1, 9, 4, 64, 128)));
+  b = a;
+  b.num_patterns = 2;
+  EXPECT_FALSE(same(base, key(b, &t0, &t1, 9, 4, 64, 128)));
+  b = a;
+  b.w[0] = 32;  // segment lengths are not in a map
+  EXPECT_TRUE(same(base, key(b, &t0, &t1, 9, 4, 64, 128)));
+}
+
+// Hits return the inserted maps; past kEntries keys the oldest is dropped first.
+TEST(TileMapsCache, FindsWhatWasInsertedAndDropsTheOldest) {
+  const Config c = da_test::Chosen({64, 128}, {1, 2}, 512, 2, 64);
+  da_attn_plan plan;
+  da_cuda::KernelArgs a;
+  ASSERT_TRUE(PlanAndArgs(c, &plan, &a));
+  constexpr int kKeys = da_cuda::TileMapsCache::kEntries + 1;
+  static int tensors[kKeys];
+  auto key = [&](int i) {
+    return da_cuda::tile_maps_key(a, &tensors[i], &tensors[0], 9, 2, 64, 64);
+  };
+  static da_cuda::TileMapsCache cache;  // a TileMaps is kilobytes: not on the stack
+  static da_cuda::TileMaps maps;
+  EXPECT_FALSE(cache.Find(key(0), &maps));
+  for (int i = 0; i < kKeys; i++) {
+    memset(&maps, 0, sizeof maps);
+    maps.count = 100 + i;
+    maps.rows[0] = i;
+    cache.Insert(key(i), maps);
+    for (int k = 0; k <= i; k++) {
+      const bool kept = i - k < da_cuda::TileMapsCache::kEntries;
+      memset(&maps, 0, sizeof maps);
+      ASSERT_EQ(cache.Find(key(k), &maps), kept) << "key " << k << " after " << i + 1 << " inserts";
+      if (kept) {
+        EXPECT_TRUE(maps.count == 100 + k && maps.rows[0] == k) << "key " << k;
       }
     }
   }
