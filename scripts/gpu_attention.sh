@@ -20,7 +20,7 @@ out=${OUT:-gpu_out}
 tmp=$(mktemp -d)
 mkdir -p "$out"
 # DA_GPU_STEPS picks the steps (default: test sanitize paths; also profile, source,
-# bench).
+# sass, bench).
 steps=" ${DA_GPU_STEPS:-test sanitize paths} "
 want() { [[ "$steps" == *" $1 "* ]]; }
 export LD_LIBRARY_PATH="$PWD/$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -124,7 +124,7 @@ if want source; then
   tar -C "$tmp" -czf "$out/source_csv.tar.gz" $(cd "$tmp" && ls src_*.csv)
 fi
 
-# sass: the SASS of the warp-specialized kernels (cuobjdump), to read offline.
+# sass: the SASS of every kernel in the library (cuobjdump), to read offline.
 if want sass; then
   cuobjdump=$(command -v cuobjdump || echo /usr/local/cuda/bin/cuobjdump)
   "$cuobjdump" -sass "$bundle/libdilated_attention.so" 2>&1 | gzip >"$out/sass.txt.gz"
