@@ -86,21 +86,14 @@ int use_tma() {
   return !(env != nullptr && env[0] == '0');
 }
 
-// Consumer warpgroups of the Hopper forward at d = 64: three (192 query rows a
-// CTA) where no CTA's rows straddle the segments of a pattern, i.e. in
-// head-group mode (one pattern a head) or when all patterns share one segment
-// length; else two. (A LongNet mixture's shortest segments hold 128 own rows at
-// the stride of the lcm of the dilations, and a 192-row CTA would stream two of
-// them for every pattern: measured 149 against 361 TFLOP/s.)
+// Consumer warpgroups of the Hopper forward at d = 64: three (kFwdWideRows query
+// rows a CTA) where forward_rows_wide (cuda_geometry.h) says they pay, else two.
 // DA_CUDA_FWD_CONSUMERS=2 or 3 forces the choice (comparisons, and the tests).
-int fwd_consumers(const da_attn_plan& plan) {
+int fwd_consumers(const KernelArgs& a) {
   const char* env = getenv("DA_CUDA_FWD_CONSUMERS");
   const int forced = env != nullptr ? atoi(env) : 0;
   if (forced == 2 || forced == 3) return forced;
-  if (plan.mode == DA_MODE_HEAD_GROUP) return 3;
-  for (int i = 1; i < plan.num_patterns; ++i)
-    if (plan.w[i] != plan.w[0]) return 2;
-  return 3;
+  return a.d == 64 && da_cuda::forward_rows_wide(a) ? 3 : 2;
 }
 
 // Which Hopper backward runs: DA_CUDA_BWD_VARIANT=0 (default) the
@@ -156,7 +149,6 @@ da_status prepare(const da_attention_params* params, const da_attention_batch* b
   a.fwd_variant = fwd_variant();
   a.bwd_variant = bwd_variant();
   a.use_tma = use_tma();
-  a.fwd_consumers = fwd_consumers(plan);
   int w_max = 0;
   for (int i = 0; i < plan.num_patterns; ++i) w_max = plan.w[i] > w_max ? plan.w[i] : w_max;
   if (plan.h > 65535 || plan.h_kv > 65535)
@@ -179,6 +171,7 @@ da_status prepare(const da_attention_params* params, const da_attention_batch* b
                         (long long)plan.batch);
   a.batch = (int)plan.batch;
   a.n_max = (int)n_max;
+  a.fwd_consumers = fwd_consumers(a);
   a.tokens = plan.tokens;
   out->pool = nullptr;
   out->cu_buffer = nullptr;

@@ -107,6 +107,33 @@ DA_HD inline int tiles_for(RowGeometry g, int rows, int n) {
   return (int)(nb * cpb * g.L);
 }
 
+// Whether the d = 64 Hopper forward should give its CTAs kFwdWideRows rows (three
+// consumer warpgroups, ~4% faster per row: head-group mode at n = 128K measured
+// 262-271 against 255-258 TFLOP/s) instead of kFwdRows. Only where that does not
+// cost more rows than it saves time, for every head: the wide CTAs must fit the
+// blocks of the head's geometry (else a CTA's rows straddle the segments of a
+// pattern and it streams the tiles of two: a LongNet mixture, 128 own rows a
+// segment at the lcm stride, measured 149 against 360), and rounding a block's
+// rows up to whole CTAs may cost at most 4% more rows than with kFwdRows. A
+// head's geometry depends on its patterns only: one evaluation in LongNet mode
+// (every head uses every pattern), one per head group in head-group mode.
+inline bool forward_rows_wide(const KernelArgs& a) {
+  int last_group = -1;
+  for (int j = 0; j < a.h; ++j) {
+    const int group =
+        a.mode == DA_MODE_LONGNET ? 0 : da_attn_head_group(j, a.h, a.num_patterns);
+    if (group == last_group) continue;
+    last_group = group;
+    const HeadGeometry hg = j < kGeoSlots ? a.geo_q[j] : head_geometry(a, j, 1);
+    if (hg.G == 0 || hg.G < (long long)kFwdWideRows * hg.L) return false;
+    const long long blk = hg.G < a.n_max ? hg.G : a.n_max;
+    const long long rows = (blk + hg.L - 1) / hg.L;
+    auto padded = [rows](long long cta) { return (rows + cta - 1) / cta * cta; };
+    if (padded(kFwdWideRows) * 100 > padded(kFwdRows) * 104) return false;
+  }
+  return true;
+}
+
 // The rows of CTA `tile`: positions p0 + L * t, t < nrows (sequence-relative).
 struct OwnRows {
   int p0, L, nrows;

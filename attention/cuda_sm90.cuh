@@ -488,9 +488,8 @@ __device__ __forceinline__ void init_ring(uint64_t* full, uint64_t* empty, int t
 // slot), which returns the bytes thread 0's TMA copies will deliver) and its
 // descriptor (valid = -1 after the last tile). The copies signal the slot full
 // themselves when they land (cp.async.mbarrier.arrive, TMA's transaction
-// count), so the
-// producer never waits for its own loads and runs up to ST tiles ahead of the
-// consumers. (It used to wait for tile i's copies before signalling it, after
+// count), so the producer never waits for its own loads and runs up to ST tiles
+// ahead of the consumers. (It used to wait for tile i's copies before signalling it, after
 // issuing tile i + 1: at d = 128, with three slots, that kept the consumers
 // waiting for tiles that had landed.)
 template <int ST, class Load>

@@ -224,6 +224,34 @@ TEST(CudaGeometry, HeadTablesMatchTheComputedGeometry) {
   }
 }
 
+// Where the d = 64 Hopper forward takes kFwdWideRows-row CTAs: never where they
+// would straddle a pattern's segments, only where rounding a block's rows up
+// costs at most 4% more than kFwdRows-row CTAs.
+TEST(CudaGeometry, WideForwardRowsOnlyWhereTheyPay) {
+  auto wide = [](std::vector<int> w, std::vector<int> r, da_attention_mode mode, int64_t n) {
+    Config c = da_test::Chosen(w, r, n, 16, 64);
+    c.mode = mode;
+    da_attn_plan plan;
+    da_cuda::KernelArgs a;
+    if (!PlanAndArgs(c, &plan, &a)) return false;
+    a.n_max = static_cast<int>(n);
+    return da_cuda::forward_rows_wide(a);
+  };
+  const std::vector<int> w = {2048, 4096, 8192, 16384, 32768}, r = {1, 2, 4, 8, 16};
+  // Head groups of one pattern each: 2048 own rows a segment, 2112 with 192-row CTAs.
+  EXPECT_TRUE(wide(w, r, DA_MODE_HEAD_GROUP, 131072));
+  // The LongNet mixture: 128 own rows a segment at stride 16; a 192-row CTA straddles.
+  EXPECT_FALSE(wide(w, r, DA_MODE_LONGNET, 131072));
+  // A head group with 128 own rows a segment straddles too.
+  EXPECT_FALSE(wide({2048, 2048}, {1, 16}, DA_MODE_HEAD_GROUP, 65536));
+  // One segment length, stride 2: 1024 rows a block become 1152 (12.5% more).
+  EXPECT_FALSE(wide({2048, 2048}, {1, 2}, DA_MODE_LONGNET, 65536));
+  // ... 4096 rows a block become 4224 (3.1% more).
+  EXPECT_TRUE(wide({8192, 8192}, {1, 2}, DA_MODE_LONGNET, 65536));
+  // Sequences shorter than the block: 300 rows become 384 against 384.
+  EXPECT_TRUE(wide({8192}, {1}, DA_MODE_LONGNET, 300));
+}
+
 // The tensor-map cache's key holds everything the encoder reads: changing any
 // one of them gives another key, the same inputs the same key.
 TEST(TileMapsCache, KeysDifferInEverythingTheEncoderReads) {
