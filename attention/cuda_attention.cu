@@ -1,8 +1,9 @@
 // The host side of the CUDA passes: validation (the same plan as the CPU), the
 // device and pointer checks, the kernel arguments, and the stream-ordered launches.
 // Nothing here synchronises the device or calls cudaMalloc: the backward's delta
-// workspace and, for more than DA_CUDA_MAX_INLINE_SEQS sequences, the device copy
-// of cu_seqlens come from the device's default da_mempool on the caller's stream.
+// workspace, the persistent forward's work counter and, for more than
+// DA_CUDA_MAX_INLINE_SEQS sequences, the device copy of cu_seqlens come from the
+// device's default da_mempool on the caller's stream.
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdlib.h>
@@ -96,6 +97,27 @@ int fwd_consumers(const KernelArgs& a) {
   return a.d == 64 && da_cuda::forward_rows_wide(a) ? 3 : 2;
 }
 
+// Whether the Hopper forward runs persistent CTAs (one an SM, each looping over
+// work items, the next item's loads under the current one's epilogue): default
+// 1, DA_CUDA_PERSISTENT=0 for one CTA a work item (comparisons, and the tests).
+int fwd_persistent() {
+  const char* env = getenv("DA_CUDA_PERSISTENT");
+  return !(env != nullptr && env[0] == '0');
+}
+
+// The persistent forward's CTAs: one a multiprocessor, or DA_CUDA_FWD_CTAS (>= 1;
+// the tests use a few, so that every CTA takes many work items).
+da_status fwd_ctas(int device, int* ctas) {
+  const char* env = getenv("DA_CUDA_FWD_CTAS");
+  if (env != nullptr && atoi(env) >= 1) {
+    *ctas = atoi(env);
+    return DA_STATUS_SUCCESS;
+  }
+  cudaError_t e = cudaDeviceGetAttribute(ctas, cudaDevAttrMultiProcessorCount, device);
+  return e == cudaSuccess ? DA_STATUS_SUCCESS
+                          : cuda_failure(e, "cudaDeviceGetAttribute(multiprocessors)");
+}
+
 // Which Hopper backward runs: DA_CUDA_BWD_VARIANT=0 (default) the
 // warp-specialized dQ and dK/dV kernels, 1 the one-role ones.
 int bwd_variant() {
@@ -149,6 +171,8 @@ da_status prepare(const da_attention_params* params, const da_attention_batch* b
   a.fwd_variant = fwd_variant();
   a.bwd_variant = bwd_variant();
   a.use_tma = use_tma();
+  a.fwd_persistent = fwd_persistent();
+  if ((st = fwd_ctas(out->device, &a.fwd_ctas)) != DA_STATUS_SUCCESS) return st;
   int w_max = 0;
   for (int i = 0; i < plan.num_patterns; ++i) w_max = plan.w[i] > w_max ? plan.w[i] : w_max;
   if (plan.h > 65535 || plan.h_kv > 65535)
@@ -268,9 +292,30 @@ DA_API da_status da_attention_forward_cuda(const da_attention_params* params,
   a.v = v;
   a.out = out;
   a.lse = lse;
-  cudaError_t ce = dtype == DA_DTYPE_BF16 ? da_cuda::launch_forward_bf16(a, stream)
-                                          : da_cuda::launch_forward_f16(a, stream);
-  if (ce != cudaSuccess) st = cuda_failure(ce, "the forward kernel launch");
+  // The persistent Hopper forward's work counter: 4 bytes of the pool, zeroed on
+  // the stream (a counter of its own per call, so calls on different streams
+  // never share one).
+  da_mempool* pool = nullptr;
+  void* counter = nullptr;
+  if (a.use_wgmma && a.fwd_persistent) {
+    if ((st = da_mempool_default(p.device, &pool)) != DA_STATUS_SUCCESS)
+      return release(&p, stream, st);
+    if ((st = da_mempool_allocate(pool, sizeof(unsigned), stream, &counter)) !=
+        DA_STATUS_SUCCESS)
+      return release(&p, stream, st);
+    cudaError_t me = cudaMemsetAsync(counter, 0, sizeof(unsigned), stream);
+    if (me != cudaSuccess) st = cuda_failure(me, "cudaMemsetAsync(work counter)");
+    a.fwd_next = static_cast<unsigned*>(counter);
+  }
+  if (st == DA_STATUS_SUCCESS) {
+    cudaError_t ce = dtype == DA_DTYPE_BF16 ? da_cuda::launch_forward_bf16(a, stream)
+                                            : da_cuda::launch_forward_f16(a, stream);
+    if (ce != cudaSuccess) st = cuda_failure(ce, "the forward kernel launch");
+  }
+  if (counter != nullptr) {
+    da_status fs = da_mempool_free(pool, counter, stream);
+    if (st == DA_STATUS_SUCCESS) st = fs;
+  }
   return release(&p, stream, st);
 }
 

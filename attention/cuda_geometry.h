@@ -134,6 +134,26 @@ inline bool forward_rows_wide(const KernelArgs& a) {
   return true;
 }
 
+// Where work item `item` of a launch over every (head, sequence, tile) lies, for
+// tiles_per_seq CTAs' worth of rows per sequence and `batch` sequences: the
+// head slowest, then the sequence, then the tile (the order in which the
+// one-item-per-CTA grids (tiles * batch, heads) are numbered). A persistent
+// CTA takes items blockIdx.x, blockIdx.x + gridDim.x, ...; so CTAs running at
+// once work on neighbouring tiles of one head and share its K/V in L2.
+struct ItemPlace {
+  int head, seq, tile;
+};
+
+DA_HD inline ItemPlace item_place(long long item, int tiles_per_seq, int batch) {
+  const long long per_head = (long long)tiles_per_seq * batch;
+  const long long x = item % per_head;
+  ItemPlace p;
+  p.head = (int)(item / per_head);
+  p.seq = (int)(x / tiles_per_seq);
+  p.tile = (int)(x % tiles_per_seq);
+  return p;
+}
+
 // The rows of CTA `tile`: positions p0 + L * t, t < nrows (sequence-relative).
 struct OwnRows {
   int p0, L, nrows;
@@ -270,7 +290,9 @@ struct TileDesc {
   int t_lo, t_hi, base, r;  // own row t is selected iff t in [t_lo, t_hi) and
                             // x = p0 + L t - base >= 0 with x % r == 0 (index x / r)
   int j;                    // query head of the unit
-  int serial;               // unit number within the CTA
+  int serial;               // unit number within the CTA's work item
+  int item_last;            // the last tile of its work item (set by the producer)
+  long long item;           // work item (item_place) the tile belongs to
 };
 
 // Own dilated index of row t for the tile's unit, or -1.

@@ -56,6 +56,11 @@ struct KernelArgs {
   int use_tma;      // the Hopper forward's K/V tiles by TMA (DA_CUDA_TMA, default 1)
   int fwd_consumers;  // consumer warpgroups of the Hopper forward at d = 64: 2 or 3
                       // (cuda_attention.cu, DA_CUDA_FWD_CONSUMERS)
+  int fwd_persistent;  // the Hopper forward as one CTA an SM looping over work items
+                       // (DA_CUDA_PERSISTENT, default 1) rather than one CTA an item
+  unsigned* fwd_next;  // its work counter, zero at launch (a pool block), or NULL
+  int fwd_ctas;        // CTAs of the persistent forward: the device's multiprocessors,
+                       // or DA_CUDA_FWD_CTAS (the tests give CTAs many items)
   int w[DA_MAX_PATTERNS];
   int r[DA_MAX_PATTERNS];
 

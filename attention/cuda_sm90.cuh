@@ -483,37 +483,81 @@ __device__ __forceinline__ void init_ring(uint64_t* full, uint64_t* empty, int t
   __syncthreads();
 }
 
-// The producer loop of the warp-specialized kernels: walks the TileStream,
-// waits for a ring slot to be empty, enqueues the tile's copies (load(desc,
-// slot), which returns the bytes thread 0's TMA copies will deliver) and its
-// descriptor (valid = -1 after the last tile). The copies signal the slot full
-// themselves when they land (cp.async.mbarrier.arrive, TMA's transaction
-// count), so the producer never waits for its own loads and runs up to ST tiles
-// ahead of the consumers. (It used to wait for tile i's copies before signalling it, after
+// The producer side of the warp-specialized kernels' ring. push_tiles walks a
+// TileStream: for each tile it waits for a ring slot to be empty, enqueues the
+// tile's copies (load(desc, slot), which returns the bytes thread 0's TMA
+// copies will deliver) and its descriptor, tagged with the work item it
+// belongs to; with END, the descriptor after the last tile (valid = -1) ends
+// the ring, and every copy this thread issued has landed when it returns (none
+// outlives its thread). The copies signal the slot full themselves when they
+// land (cp.async.mbarrier.arrive, TMA's transaction count), so the producer
+// never waits for its own loads and runs up to ST tiles ahead of the
+// consumers. (It used to wait for tile i's copies before signalling it, after
 // issuing tile i + 1: at d = 128, with three slots, that kept the consumers
-// waiting for tiles that had landed.)
-template <int ST, class Load>
-__device__ __forceinline__ void produce_tiles(TileStream& stream, TileDesc* ring, uint64_t* full,
-                                              uint64_t* empty, int tid, Load&& load) {
-  for (int issued = 0;; ++issued) {
+// waiting for tiles that had landed.) `issued` counts the descriptors pushed so
+// far, across items. (One loop for tiles and end: written as two, the dK/dV
+// producer at d = 128 spilled 382 bytes instead of 312.)
+template <int ST>
+__device__ __forceinline__ void push_desc(const TileDesc& d, int slot, int tx, TileDesc* ring,
+                                          uint64_t* full, int tid) {
+  cp_async_mbar_arrive(&full[slot]);
+  if (tid == 0) {
+    ring[slot] = d;
+    mbar_arrive_tx(&full[slot], tx);
+  }
+}
+
+template <int ST, bool END, bool TAG, class Load>
+__device__ __forceinline__ void push_tiles(TileStream& stream, long long item, TileDesc* ring,
+                                           uint64_t* full, uint64_t* empty, int tid, int& issued,
+                                           Load&& load) {
+  for (;;) {
     const int slot = issued % ST;
     if (issued >= ST) mbar_wait(&empty[slot], (issued / ST - 1) & 1);
     TileDesc d;
     const bool more = stream.next(&d);
+    if (!END && !more) break;
     int tx = 0;
-    if (more)
+    if (more) {
+      if constexpr (TAG) {
+        d.item = item;
+        d.item_last = !stream.more;
+      }
       tx = load(d, slot);
-    else
-      d.valid = -1;  // end of the stream
-    cp_async_mbar_arrive(&full[slot]);
-    if (tid == 0) {
-      ring[slot] = d;
-      mbar_arrive_tx(&full[slot], tx);
+    } else {
+      d.valid = -1;  // end of the ring
     }
+    push_desc<ST>(d, slot, tx, ring, full, tid);
+    ++issued;
     if (!more) break;
   }
+  if (END) {
+    cp_async_commit();
+    cp_async_wait<0>();
+  }
+}
+
+// The descriptor that ends the ring after `issued` others (push_tiles with END
+// and no tiles left).
+template <int ST>
+__device__ __forceinline__ void push_end(TileDesc* ring, uint64_t* full, uint64_t* empty, int tid,
+                                         int issued) {
+  const int slot = issued % ST;
+  if (issued >= ST) mbar_wait(&empty[slot], (issued / ST - 1) & 1);
+  TileDesc d;
+  d.valid = -1;
+  push_desc<ST>(d, slot, 0, ring, full, tid);
   cp_async_commit();
-  cp_async_wait<0>();  // no copy outlives its thread
+  cp_async_wait<0>();
+}
+
+// The whole producer loop of a CTA with one work item, whose consumers read no
+// item tags (the backward).
+template <int ST, class Load>
+__device__ __forceinline__ void produce_tiles(TileStream& stream, TileDesc* ring, uint64_t* full,
+                                              uint64_t* empty, int tid, Load&& load) {
+  int issued = 0;
+  push_tiles<ST, true, false>(stream, 0, ring, full, empty, tid, issued, load);
 }
 
 // A consumer's wait for ring slot `slot` (phase parity `parity`). The tile was
@@ -553,90 +597,182 @@ struct Sm90Fwd {
   static_assert(128 * kProducerRegs + NC * 128 * kConsumerRegs <= (NC + 1) * 128 * kLaunchRegs,
                 "setmaxnreg: the consumers take more registers than the producer frees");
   static constexpr int tile_elems(int rows) { return rows * D; }
+  // Q buffers. With two, a persistent CTA loads the next work item's Q (and
+  // streams its first tiles) while its consumers finish the current item and
+  // write its output, staged through the item's own Q buffer: so a buffer holds
+  // BM rows of D + 8 elements (the staging's padded rows), rounded to the
+  // swizzle's 1024 bytes. d = 128 has no room for two beside its three slots;
+  // with one, the staging runs past Q into the ring, so a CTA may take one
+  // work item only (launch_forward_ws_with).
+  static constexpr int kRingBytes = 2 * kStages * tile_elems(kBN) * (int)sizeof(T);
+  static constexpr int kQBufBytes = (kBM * (D + 8) * (int)sizeof(T) + 1023) / 1024 * 1024;
+  static constexpr int kMaxSmem = 227 * 1024;
+  static constexpr int kQBuffers = 2 * kQBufBytes + kRingBytes + kAlign <= kMaxSmem ? 2 : 1;
+  static constexpr int kQStride = kQBuffers == 2 ? kQBufBytes / (int)sizeof(T) : tile_elems(kBM);
+  static constexpr int smem_bytes() {
+    const int q = kQBuffers * kQStride * (int)sizeof(T);
+    const int stage = kBM * (D + 8) * (int)sizeof(T);  // one buffer's staging
+    return (q + kRingBytes > stage ? q + kRingBytes : stage) + kAlign;
+  }
+  static_assert(smem_bytes() <= kMaxSmem, "shared memory");
 };
 
+// The rows of work item `item` (item_place) of a launch over tiles_per_seq
+// CTAs' worth of rows of `rows` rows per sequence: its query head *j, its
+// sequence (*start, *n) and its rows; false when the tile lies past its
+// sequence's end.
+__device__ __forceinline__ bool item_rows(const KernelArgs& a, int tiles_per_seq, long long item,
+                                          int rows, int* j, long long* start, int* n,
+                                          OwnRows* own) {
+  const ItemPlace p = item_place(item, tiles_per_seq, a.batch);
+  *j = p.head;
+  sequence_of(a, p.seq, start, n);
+  return own_rows(cta_geometry(a, p.head, 1, rows), rows, *n, p.tile, own);
+}
+
+// The warp-specialized Hopper forward over work items blockIdx.x, blockIdx.x +
+// gridDim.x, ... < items (one item a CTA, or persistent: one CTA an SM looping
+// over items). The producer skips items past their sequence's end, writes the
+// output of items no unit selects itself (O = 0, LSE = -inf), and for the
+// others loads Q into the next Q buffer (q_full) once the consumers have
+// written the output staged there two items before (q_empty), then pushes the
+// item's tiles into the ring; so the ring runs on across items. The consumers
+// follow the ring: a tile of a new item starts it (its rows decoded from the
+// descriptor's item), the tile marked item_last ends it (last product,
+// epilogue, q_empty).
 template <typename T, int D, bool PINGPONG, int NC>
 __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
     forward_ws_kernel(const __grid_constant__ KernelArgs a, const __grid_constant__ TileMaps maps,
-                      int tiles_per_seq) {
+                      int tiles_per_seq, long long items) {
 #ifdef DA_HAVE_WGMMA  // sm_90a only (mbarrier waits, setmaxnreg, wgmma)
   using Cfg = Sm90Fwd<T, D, NC>;
   using Mm = Sm90Mma<T, D>;
-  constexpr int BM = Cfg::kBM, BN = Cfg::kBN, ST = Cfg::kStages, S = D + 8;
+  constexpr int BM = Cfg::kBM, BN = Cfg::kBN, ST = Cfg::kStages, QB = Cfg::kQBuffers, S = D + 8;
   constexpr int kTile = Cfg::tile_elems(BN);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ TileDesc ring[ST];
-  __shared__ __align__(8) uint64_t full[ST], empty[ST];
-  T* sQ = reinterpret_cast<T*>(aligned_smem<Cfg>(smem_raw));
-  T* sK = sQ + Cfg::tile_elems(BM);
+  __shared__ __align__(8) uint64_t full[ST], empty[ST], q_full[QB], q_empty[QB];
+  T* sQ0 = reinterpret_cast<T*>(aligned_smem<Cfg>(smem_raw));  // QB buffers of kQStride
+  T* sK = sQ0 + QB * Cfg::kQStride;
   T* sV = sK + ST * kTile;
-  const int tid = threadIdx.x, wg = tid / 128, j = blockIdx.y;
-  long long start;
-  int n;
-  OwnRows own;
-  if (!cta_rows(a, tiles_per_seq, j, 1, BM, &start, &n, &own)) return;
-  init_ring<ST, 4 * NC>(full, empty, tid);
-  const long long q_stride = (long long)own.L * a.h * D;
-  const long long q_first = ((start + own.p0) * a.h + j) * D;
+  const int tid = threadIdx.x, wg = tid / 128;
+  if (tid == 0) {
+    for (int b = 0; b < QB; ++b) {
+      mbar_init(&q_full[b], 128);        // every producer thread's Q copies
+      mbar_init(&q_empty[b], 4 * NC);    // every consumer warp's epilogue
+    }
+  }
+  init_ring<ST, 4 * NC>(full, empty, tid);  // (its __syncthreads covers the Q barriers)
 
   if (wg == 0) {  // producer
     setmaxnreg_dec<Cfg::kProducerRegs>();
-    const int gkv = j / (a.h / a.h_kv);
-    // Q is copied before the first tile: the first full barrier covers it.
-    Mm::template load<BM, 128>(sQ, static_cast<const T*>(a.q) + q_first, q_stride, own.nrows, tid);
-    TileStream stream(a, n, own, j, 1, 0, BN, start);
-    produce_tiles<ST>(stream, ring, full, empty, tid, [&](const TileDesc& d, int slot) {
-      return load_tile<T, D, BN>(maps, d, gkv, sK + slot * kTile, sV + slot * kTile,
-                                       &full[slot], tid, [&]() {
-                                         load_kv<T, D, Mm, BN, 128>(a, d, slot, gkv, sK, sV, tid);
-                                       });
-    });
+    int issued = 0, loaded = 0;
+    // A persistent CTA's items after its first come from the work counter (one
+    // atomicAdd an item, issued an item ahead by thread 0 and handed to the
+    // warpgroup through next_item), so CTAs that drew cheap items (empty ones,
+    // short causal ones) take more: a fixed stride of gridDim.x measured 10%
+    // slower in head-group mode, where whether an item has work follows its
+    // tile's residue mod r, and 132 CTAs a stride put all of a head's work on
+    // the CTAs of one residue mod 4.
+    __shared__ long long next_item[2];
+    long long item = blockIdx.x, ahead = 0;
+    auto fetch = [&]() {
+      if (tid == 0)
+        ahead = a.fwd_next != nullptr ? (long long)gridDim.x + atomicAdd(a.fwd_next, 1u)
+                                      : item + gridDim.x;
+    };
+    fetch();
+    for (int k = 0; item < items; ++k) {
+      int j, n;
+      long long start;
+      OwnRows own;
+      if (item_rows(a, tiles_per_seq, item, BM, &j, &start, &n, &own)) {
+        TileStream stream(a, n, own, j, 1, 0, BN, start);
+        if (!stream.more) {
+          forward_empty_rows<T, D, 128>(a, start, own, j, tid);
+        } else {
+          const int buf = loaded % QB;
+          if (loaded >= QB) mbar_wait(&q_empty[buf], (loaded / QB - 1) & 1);
+          ++loaded;
+          const long long q_stride = (long long)own.L * a.h * D;
+          const long long q_first = ((start + own.p0) * a.h + j) * D;
+          Mm::template load<BM, 128>(sQ0 + buf * Cfg::kQStride,
+                                     static_cast<const T*>(a.q) + q_first, q_stride, own.nrows,
+                                     tid);
+          cp_async_mbar_arrive(&q_full[buf]);
+          const int gkv = j / (a.h / a.h_kv);
+          push_tiles<ST, false, true>(
+              stream, item, ring, full, empty, tid, issued, [&](const TileDesc& d, int slot) {
+                return load_tile<T, D, BN>(maps, d, gkv, sK + slot * kTile, sV + slot * kTile,
+                                           &full[slot], tid, [&]() {
+                                             load_kv<T, D, Mm, BN, 128>(a, d, slot, gkv, sK, sV,
+                                                                        tid);
+                                           });
+              });
+          if constexpr (QB == 1) break;  // one item a CTA
+        }
+      }
+      if (tid == 0) next_item[k & 1] = ahead;
+      named_sync(2 + NC, 128);  // the producer's warpgroup only
+      item = next_item[k & 1];
+      fetch();
+    }
+    push_end<ST>(ring, full, empty, tid, issued);
     return;
   }
 
   // consumers
   setmaxnreg_inc<Cfg::kConsumerRegs>();
   const int cg = wg - 1, cw = tid / 32 - 4, lane = tid % 32, row0 = cw * 16 + lane / 4;
-  float acc[D / 8][4];
-  zero(acc);
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
-  float s[BN / 8][4];
-  uint32_t af[BN / 16][4];
-  RowIndices idx;
-  float alpha[2];
   // Turns on the tensor cores: with PINGPONG consumer 0 takes the first and the
-  // consumers take turns in order (named barrier 1 + c is consumer c's turn);
-  // the last consumer skips the hand-off after its last turn, so every
-  // bar.arrive meets a bar.sync (all consumers take the same number of turns).
+  // consumers take turns in order (named barrier 1 + c is consumer c's turn).
+  // The last consumer's hand-off after the kernel's last turn is met by
+  // consumer 0 at the end, so every bar.arrive meets a bar.sync.
   auto take_turn = [&](bool first) {
     if (PINGPONG && !(cg == 0 && first)) named_sync(1 + cg, 256);
   };
-  auto hand_off = [&](bool last) {
-    if (PINGPONG && !(cg == NC - 1 && last)) named_arrive(1 + (cg + 1) % NC, 256);
+  auto hand_off = [&]() {
+    if (PINGPONG) named_arrive(1 + (cg + 1) % NC, 256);
   };
   auto release = [&](int slot) {
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[slot]);
   };
+  int i = 0;  // ring position
   wait_full(full, 0, 0);
   TileDesc d = ring[0];
-  if (d.valid >= 0) {
-    take_turn(true);
+  for (int q = 0; d.valid >= 0; ++q) {
+    const long long item = d.item;
+    int j, n;
+    long long start;
+    OwnRows own;
+    item_rows(a, tiles_per_seq, item, BM, &j, &start, &n, &own);
+    const int buf = q % QB;
+    T* sQ = sQ0 + buf * Cfg::kQStride;
+    mbar_wait(&q_full[buf], (q / QB) & 1);
+    fence_proxy_async();
+    float acc[D / 8][4];
+    zero(acc);
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+    float s[BN / 8][4];
+    uint32_t af[BN / 16][4];
+    RowIndices idx;
+    float alpha[2];
+    int prev = i % ST;
+    take_turn(q == 0);
     wgmma_fence();
-    Mm::template qk_issue<BM, BN>(s, sQ, sK, cw);
+    Mm::template qk_issue<BM, BN>(s, sQ, sK + prev * kTile, cw);
     wgmma_commit();
-    hand_off(false);
+    hand_off();
     wgmma_wait<0>();
     fence_regs(s);
     idx.update(d, own, row0);
     softmax_scores<BN>(a, d, idx.di0, idx.di1, lane, s, m_run, l_run, alpha);
     Mm::template pack_p<BN>(s, af);
-    int prev = 0;
-    for (int i = 1;; ++i) {
-      const int slot = i % ST;
+    while (!d.item_last) {
+      const int slot = ++i % ST;
       wait_full(full, slot, (i / ST) & 1);
       d = ring[slot];
-      if (d.valid < 0) break;
       // S_i = Q K_i^T and O += P_{i-1} V_{i-1} in one turn. (Waiting for S_i
       // alone and running the softmax under the second product measured 6%
       // slower at d = 64 and spills at d = 128: P_{i-1}, S_i and O live at once.)
@@ -645,7 +781,7 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
       Mm::template qk_issue<BM, BN>(s, sQ, sK + slot * kTile, cw);
       Mm::template pv_issue<BN>(acc, af, sV + prev * kTile);
       wgmma_commit();
-      hand_off(false);
+      hand_off();
       wgmma_wait<0>();
       fence_regs(s);
       fence_regs(acc);
@@ -660,16 +796,28 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
     wgmma_fence();
     Mm::template pv_issue<BN>(acc, af, sV + prev * kTile);
     wgmma_commit();
-    hand_off(true);
+    hand_off();
     wgmma_wait<0>();
     fence_regs(acc);
+    release(prev);
+    // The consumers are done with this Q buffer (the epilogue stages there).
+    named_sync(1 + NC, NC * 128);
+    forward_epilogue<T, D>(a, acc, m_run, l_run, sQ + cw * 16 * S, start, own,
+                           ((start + own.p0) * a.h + j) * D, (long long)own.L * a.h * D, j, cw,
+                           lane);
+    if constexpr (QB == 1) {  // one item a CTA (Sm90Fwd::kQBuffers): it was the last
+      if (PINGPONG && cg == 0) named_sync(1, 256);
+      break;
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&q_empty[buf]);
+    const int slot = ++i % ST;
+    wait_full(full, slot, (i / ST) & 1);
+    d = ring[slot];
+    if (PINGPONG && d.valid < 0 && cg == 0) named_sync(1, 256);  // the last hand-off
   }
-  // The consumers are done with Q and the ring (the epilogue stages there).
-  named_sync(1 + NC, NC * 128);
-  forward_epilogue<T, D>(a, acc, m_run, l_run, sQ + cw * 16 * S, start, own, q_first, q_stride, j,
-                         cw, lane);
 #else
-  (void)a, (void)maps, (void)tiles_per_seq;
+  (void)a, (void)maps, (void)tiles_per_seq, (void)items;
   __trap();
 #endif
 }
@@ -684,7 +832,7 @@ int compiled_regs(Kernel kernel) {
 template <typename T, int D, bool PINGPONG, int NC>
 cudaError_t launch_forward_ws_with(const KernelArgs& a, cudaStream_t stream) {
   using Cfg = Sm90Fwd<T, D, NC>;
-  constexpr int smem = forward_smem_bytes<T, D, Cfg, Cfg::kBM>();
+  constexpr int smem = Cfg::smem_bytes();
   cudaError_t attr = cudaFuncSetAttribute(forward_ws_kernel<T, D, PINGPONG, NC>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (attr != cudaSuccess) return attr;
@@ -693,11 +841,23 @@ cudaError_t launch_forward_ws_with(const KernelArgs& a, cudaStream_t stream) {
   // the one-role kernel runs instead (checked once per instantiation).
   static const int regs = compiled_regs(forward_ws_kernel<T, D, PINGPONG, NC>);
   if (regs != Cfg::kLaunchRegs) return launch_forward_with<T, D, Sm90Mma<T, D>>(a, stream);
-  int tiles = max_tiles(a, Cfg::kBM, false);
-  if (tiles == 0) return cudaSuccess;
-  dim3 grid((unsigned)((long long)tiles * a.batch), (unsigned)a.h);
+  const int tiles = max_tiles(a, Cfg::kBM, false);
+  const long long items = (long long)tiles * a.batch * a.h;
+  if (items == 0) return cudaSuccess;
+  // Persistent (one CTA an SM) where a CTA can take several items (two Q
+  // buffers) and the caller gave a work counter (KernelArgs::fwd_next); else
+  // one item a CTA.
+  long long ctas = items;
+  KernelArgs one = a;  // the same with no work counter: one item a CTA
+  one.fwd_next = nullptr;
+  if (Cfg::kQBuffers == 2 && a.fwd_next != nullptr && a.fwd_ctas > 0 && items > a.fwd_ctas)
+    ctas = a.fwd_ctas;
+  // (More than 2^31 items would take over 2^37 query rows and heads: no device
+  // holds such tensors.)
+  if (ctas > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
   const TileMaps maps = make_tile_maps<T>(a, a.k, a.v, a.h_kv, D, Cfg::kBN);
-  forward_ws_kernel<T, D, PINGPONG, NC><<<grid, Cfg::kThreads, smem, stream>>>(a, maps, tiles);
+  forward_ws_kernel<T, D, PINGPONG, NC><<<(unsigned)ctas, Cfg::kThreads, smem, stream>>>(
+      ctas < items ? a : one, maps, tiles, items);
   return cudaGetLastError();
 }
 

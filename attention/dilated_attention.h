@@ -129,8 +129,10 @@ DA_API da_status da_attention_backward_cpu(const da_attention_params* params,
  * portable mma.sync kernels (sm_80+). Environment DA_CUDA_PORTABLE=1 forces the
  * portable kernels on any GPU; DA_CUDA_FWD_VARIANT and DA_CUDA_BWD_VARIANT pick
  * the other Hopper kernels for comparisons, DA_CUDA_TMA=0 makes the Hopper
- * forward load its tiles by cp.async instead of TMA and DA_CUDA_FWD_CONSUMERS (2
- * or 3) fixes the consumer warpgroups of the head_dim 64 forward
+ * forward load its tiles by cp.async instead of TMA, DA_CUDA_FWD_CONSUMERS (2
+ * or 3) fixes the consumer warpgroups of the head_dim 64 forward, and
+ * DA_CUDA_PERSISTENT=0 runs the Hopper forward as one CTA a work item instead of
+ * one persistent CTA a multiprocessor (DA_CUDA_FWD_CTAS=N: N persistent CTAs)
  * (docs/attention_cuda.md); they differ only in fp32 rounding order.
  *
  * Supported: head_dim 32, 64, 96 or 128; sm_80 or newer. Anything else gives

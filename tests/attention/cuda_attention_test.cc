@@ -475,6 +475,8 @@ constexpr const char* kForwardVariantEnv = "DA_CUDA_FWD_VARIANT";
 constexpr const char* kBackwardVariantEnv = "DA_CUDA_BWD_VARIANT";
 constexpr const char* kTmaEnv = "DA_CUDA_TMA";
 constexpr const char* kConsumersEnv = "DA_CUDA_FWD_CONSUMERS";
+constexpr const char* kPersistentEnv = "DA_CUDA_PERSISTENT";
+constexpr const char* kForwardCtasEnv = "DA_CUDA_FWD_CTAS";
 
 void ExpectBitIdentical(const GpuOutputs& a, const GpuOutputs& b, const std::string& what) {
   EXPECT_TRUE(a.out == b.out) << "out differs: " << what;
@@ -529,9 +531,13 @@ TEST(CudaAttentionSmall, PortableKernelsMatchCpuOnChosenCases) {
 // The other Hopper kernels (the defaults ran above): DA_CUDA_FWD_VARIANT 1
 // (warp-specialized forward without ping-pong) and 2 (one-role forward),
 // DA_CUDA_BWD_VARIANT 1 (one-role dQ and dK/dV), DA_CUDA_TMA=0 (the
-// warp-specialized forward's tiles all by cp.async) and DA_CUDA_FWD_CONSUMERS 2
+// warp-specialized forward's tiles all by cp.async), DA_CUDA_FWD_CONSUMERS 2
 // and 3 (the d = 64 forward with two consumer warpgroups and 128-key tiles, or
-// three and 64-key tiles, whichever the case would not pick by itself). On
+// three and 64-key tiles, whichever the case would not pick by itself),
+// DA_CUDA_PERSISTENT=0 (the forward with one CTA a work item) and
+// DA_CUDA_FWD_CTAS=3 (the persistent forward on three CTAs, so each takes many
+// work items, empty ones and ragged ones among them, across its two Q
+// buffers; with one CTA an SM the small cases have too few items). On
 // other GPUs the variables are ignored and these repeat the portable path.
 TEST(CudaAttentionSmall, OtherHopperKernelsMatchCpuOnChosenCases) {
   REQUIRE_GPU();
@@ -540,7 +546,9 @@ TEST(CudaAttentionSmall, OtherHopperKernelsMatchCpuOnChosenCases) {
                                                           {kBackwardVariantEnv, "1"},
                                                           {kTmaEnv, "0"},
                                                           {kConsumersEnv, "2"},
-                                                          {kConsumersEnv, "3"}};
+                                                          {kConsumersEnv, "3"},
+                                                          {kPersistentEnv, "0"},
+                                                          {kForwardCtasEnv, "3"}};
   for (const auto& [name, value] : variants) {
     ScopedEnv env(name, value);
     std::mt19937_64 rng(0x5eed0c07);

@@ -254,6 +254,34 @@ TEST(CudaGeometry, WideForwardRowsOnlyWhereTheyPay) {
 
 // The tensor-map cache's key holds everything the encoder reads: changing any
 // one of them gives another key, the same inputs the same key.
+// The persistent forward's CTAs take items blockIdx.x, blockIdx.x + gridDim.x,
+// ... < items; item_place must map those onto every (head, sequence, tile)
+// exactly once, for any grid, with the head slowest and the tile fastest.
+TEST(CudaGeometry, WorkItemsVisitEveryCtaOnce) {
+  struct Launch {
+    int tiles_per_seq, batch, heads;
+  };
+  const Launch launches[] = {{1, 1, 1}, {7, 3, 5}, {64, 1, 16}, {33, 4, 3}};
+  for (const Launch& l : launches) {
+    const long long items = static_cast<long long>(l.tiles_per_seq) * l.batch * l.heads;
+    for (long long grid : {1LL, 2LL, 7LL, 132LL, items}) {
+      std::vector<int> seen(static_cast<size_t>(items), 0);
+      for (long long cta = 0; cta < grid && cta < items; cta++) {
+        for (long long item = cta; item < items; item += grid) {
+          const da_cuda::ItemPlace p = da_cuda::item_place(item, l.tiles_per_seq, l.batch);
+          ASSERT_TRUE(p.head >= 0 && p.head < l.heads && p.seq >= 0 && p.seq < l.batch &&
+                      p.tile >= 0 && p.tile < l.tiles_per_seq)
+              << "item " << item;
+          seen[(static_cast<size_t>(p.head) * l.batch + p.seq) * l.tiles_per_seq + p.tile]++;
+        }
+      }
+      for (long long x = 0; x < items; x++)
+        ASSERT_EQ(seen[static_cast<size_t>(x)], 1)
+            << "(head, sequence, tile) number " << x << " with a grid of " << grid;
+    }
+  }
+}
+
 TEST(TileMapsCache, KeysDifferInEverythingTheEncoderReads) {
   const Config c = da_test::Chosen({64, 128, 256}, {1, 2, 4}, 1024, 4, 64);
   da_attn_plan plan;
