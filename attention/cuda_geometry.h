@@ -291,8 +291,6 @@ struct TileDesc {
                             // x = p0 + L t - base >= 0 with x % r == 0 (index x / r)
   int j;                    // query head of the unit
   int serial;               // unit number within the CTA's work item
-  int item_last;            // the last tile of its work item (set by the producer)
-  long long item;           // work item (item_place) the tile belongs to
 };
 
 // Own dilated index of row t for the tile's unit, or -1.

@@ -497,20 +497,28 @@ __device__ __forceinline__ void init_ring(uint64_t* full, uint64_t* empty, int t
 // waiting for tiles that had landed.) `issued` counts the descriptors pushed so
 // far, across items. (One loop for tiles and end: written as two, the dK/dV
 // producer at d = 128 spilled 382 bytes instead of 312.)
-template <int ST>
+// Descriptor d into ring slot `slot` (tag: its item tag, when the ring has
+// tags), signalled full once this thread's copies and thread 0's tx bytes land.
 __device__ __forceinline__ void push_desc(const TileDesc& d, int slot, int tx, TileDesc* ring,
-                                          uint64_t* full, int tid) {
+                                          long long* tags, long long tag, uint64_t* full,
+                                          int tid) {
   cp_async_mbar_arrive(&full[slot]);
   if (tid == 0) {
     ring[slot] = d;
+    if (tags != nullptr) tags[slot] = tag;
     mbar_arrive_tx(&full[slot], tx);
   }
 }
 
-template <int ST, bool END, bool TAG, class Load>
+// The item tag of a persistent CTA's tile: its work item (item_place) times two,
+// plus one on the item's last tile. Beside the ring, not in TileDesc: a larger
+// TileDesc cost the d = 128 backward 3-5%.
+DA_HD inline long long item_tag(long long item, bool last) { return 2 * item + (last ? 1 : 0); }
+
+template <int ST, bool END, class Load>
 __device__ __forceinline__ void push_tiles(TileStream& stream, long long item, TileDesc* ring,
-                                           uint64_t* full, uint64_t* empty, int tid, int& issued,
-                                           Load&& load) {
+                                           long long* tags, uint64_t* full, uint64_t* empty,
+                                           int tid, int& issued, Load&& load) {
   for (;;) {
     const int slot = issued % ST;
     if (issued >= ST) mbar_wait(&empty[slot], (issued / ST - 1) & 1);
@@ -518,16 +526,11 @@ __device__ __forceinline__ void push_tiles(TileStream& stream, long long item, T
     const bool more = stream.next(&d);
     if (!END && !more) break;
     int tx = 0;
-    if (more) {
-      if constexpr (TAG) {
-        d.item = item;
-        d.item_last = !stream.more;
-      }
+    if (more)
       tx = load(d, slot);
-    } else {
+    else
       d.valid = -1;  // end of the ring
-    }
-    push_desc<ST>(d, slot, tx, ring, full, tid);
+    push_desc(d, slot, tx, ring, tags, item_tag(item, !stream.more), full, tid);
     ++issued;
     if (!more) break;
   }
@@ -546,7 +549,7 @@ __device__ __forceinline__ void push_end(TileDesc* ring, uint64_t* full, uint64_
   if (issued >= ST) mbar_wait(&empty[slot], (issued / ST - 1) & 1);
   TileDesc d;
   d.valid = -1;
-  push_desc<ST>(d, slot, 0, ring, full, tid);
+  push_desc(d, slot, 0, ring, nullptr, 0, full, tid);
   cp_async_commit();
   cp_async_wait<0>();
 }
@@ -557,7 +560,7 @@ template <int ST, class Load>
 __device__ __forceinline__ void produce_tiles(TileStream& stream, TileDesc* ring, uint64_t* full,
                                               uint64_t* empty, int tid, Load&& load) {
   int issued = 0;
-  push_tiles<ST, true, false>(stream, 0, ring, full, empty, tid, issued, load);
+  push_tiles<ST, true>(stream, 0, ring, nullptr, full, empty, tid, issued, load);
 }
 
 // A consumer's wait for ring slot `slot` (phase parity `parity`). The tile was
@@ -638,8 +641,8 @@ __device__ __forceinline__ bool item_rows(const KernelArgs& a, int tiles_per_seq
 // written the output staged there two items before (q_empty), then pushes the
 // item's tiles into the ring; so the ring runs on across items. The consumers
 // follow the ring: a tile of a new item starts it (its rows decoded from the
-// descriptor's item), the tile marked item_last ends it (last product,
-// epilogue, q_empty).
+// slot's item_tag), the item's last tile ends it (last product, epilogue,
+// q_empty).
 template <typename T, int D, bool PINGPONG, int NC>
 __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
     forward_ws_kernel(const __grid_constant__ KernelArgs a, const __grid_constant__ TileMaps maps,
@@ -651,6 +654,7 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
   constexpr int kTile = Cfg::tile_elems(BN);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ TileDesc ring[ST];
+  __shared__ long long tags[ST];  // item_tag of each slot's tile
   __shared__ __align__(8) uint64_t full[ST], empty[ST], q_full[QB], q_empty[QB];
   T* sQ0 = reinterpret_cast<T*>(aligned_smem<Cfg>(smem_raw));  // QB buffers of kQStride
   T* sK = sQ0 + QB * Cfg::kQStride;
@@ -701,8 +705,8 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
                                      tid);
           cp_async_mbar_arrive(&q_full[buf]);
           const int gkv = j / (a.h / a.h_kv);
-          push_tiles<ST, false, true>(
-              stream, item, ring, full, empty, tid, issued, [&](const TileDesc& d, int slot) {
+          push_tiles<ST, false>(
+              stream, item, ring, tags, full, empty, tid, issued, [&](const TileDesc& d, int slot) {
                 return load_tile<T, D, BN>(maps, d, gkv, sK + slot * kTile, sV + slot * kTile,
                                            &full[slot], tid, [&]() {
                                              load_kv<T, D, Mm, BN, 128>(a, d, slot, gkv, sK, sV,
@@ -741,8 +745,9 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
   int i = 0;  // ring position
   wait_full(full, 0, 0);
   TileDesc d = ring[0];
+  long long tag = tags[0];
   for (int q = 0; d.valid >= 0; ++q) {
-    const long long item = d.item;
+    const long long item = tag / 2;
     int j, n;
     long long start;
     OwnRows own;
@@ -769,10 +774,11 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
     idx.update(d, own, row0);
     softmax_scores<BN>(a, d, idx.di0, idx.di1, lane, s, m_run, l_run, alpha);
     Mm::template pack_p<BN>(s, af);
-    while (!d.item_last) {
+    while (tag % 2 == 0) {  // not the item's last tile
       const int slot = ++i % ST;
       wait_full(full, slot, (i / ST) & 1);
       d = ring[slot];
+      tag = tags[slot];
       // S_i = Q K_i^T and O += P_{i-1} V_{i-1} in one turn. (Waiting for S_i
       // alone and running the softmax under the second product measured 6%
       // slower at d = 64 and spills at d = 128: P_{i-1}, S_i and O live at once.)
@@ -814,6 +820,7 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
     const int slot = ++i % ST;
     wait_full(full, slot, (i / ST) & 1);
     d = ring[slot];
+    tag = tags[slot];
     if (PINGPONG && d.valid < 0 && cg == 0) named_sync(1, 256);  // the last hand-off
   }
 #else
