@@ -97,6 +97,14 @@ int fwd_consumers(const KernelArgs& a) {
   return a.d == 64 && da_cuda::forward_rows_wide(a) ? 3 : 2;
 }
 
+// Whether CTAs are made only for the residues the patterns can select
+// (HeadGeometry::sel; default 1), or for every residue (DA_CUDA_COMPACT=0, for
+// comparisons and the tests).
+int compact_rows() {
+  const char* env = getenv("DA_CUDA_COMPACT");
+  return !(env != nullptr && env[0] == '0');
+}
+
 // Whether the Hopper forward runs persistent CTAs (one an SM, each looping over
 // work items, the next item's loads under the current one's epilogue): default
 // 1, DA_CUDA_PERSISTENT=0 for one CTA a work item (comparisons, and the tests).
@@ -166,7 +174,7 @@ da_status prepare(const da_attention_params* params, const da_attention_batch* b
   if ((st = da_attn_plan_init(params, batch, &plan)) != DA_STATUS_SUCCESS) return st;
   KernelArgs& a = out->args;
   memset(&a, 0, sizeof a);
-  da_cuda::args_from_plan(plan, &a);
+  da_cuda::args_from_plan(plan, &a, compact_rows());
   a.use_wgmma = use_wgmma(major);
   a.fwd_variant = fwd_variant();
   a.bwd_variant = bwd_variant();

@@ -34,6 +34,10 @@ DA_HD inline int gcd_int(int x, int y) {
 
 // The heads' part of the geometry of the rows a CTA owns for heads
 // [head_first, head_first + count): see HeadGeometry.
+DA_HD inline unsigned long long all_residues(int L) {
+  return L >= 64 ? ~0ULL : (1ULL << L) - 1;
+}
+
 DA_HD inline HeadGeometry head_geometry(const KernelArgs& a, int head_first, int count) {
   long long L = 1;
   int G = 0;
@@ -48,7 +52,29 @@ DA_HD inline HeadGeometry head_geometry(const KernelArgs& a, int head_first, int
   HeadGeometry g;
   g.L = L > kMaxRowStride ? 1 : (int)L;
   g.G = G;
+  // The residues the patterns can select (see HeadGeometry).
+  unsigned long long sel = 0;
+  bool every = !a.compact_rows || g.L == 1 || (G != 0 && G % g.L != 0);
+  for (int j = head_first; j < head_first + count && !every; ++j) {
+    for (int i = 0; i < a.num_patterns && !every; ++i) {
+      if (!da_attn_head_uses_pattern((da_attention_mode)a.mode, i, j, a.h, a.num_patterns)) continue;
+      const int r = a.r[i];
+      if (a.w[i] % r != 0) {
+        every = true;
+        break;
+      }
+      const int o = da_attn_head_offset((da_offset_policy)a.offset, j, a.h, a.num_patterns, r) % r;
+      for (int rho = o; rho < g.L; rho += r) sel |= 1ULL << rho;
+    }
+  }
+  g.sel = every ? all_residues(g.L) : sel;
   return g;
+}
+
+DA_HD inline int popcount64(unsigned long long x) {
+  int c = 0;
+  for (; x != 0; x &= x - 1) ++c;
+  return c;
 }
 
 // The geometry for CTAs of `rows` rows: the chunks of rows * L positions are laid
@@ -58,6 +84,8 @@ DA_HD inline RowGeometry row_geometry(HeadGeometry hg, int rows) {
   g.L = hg.L;
   long long chunk = (long long)rows * g.L;
   g.G = (hg.G == 0 || hg.G < chunk) ? 0x7fffffff : hg.G;
+  g.sel = hg.sel;
+  g.count = g.sel == all_residues(g.L) ? g.L : popcount64(g.sel);
   return g;
 }
 
@@ -77,8 +105,10 @@ DA_HD inline RowGeometry cta_geometry(const KernelArgs& a, int head_first, int c
 }
 
 // The parameters the geometry and the kernels read, from a validated plan
-// (tensors, sequences and the path choice are left to the caller).
-inline void args_from_plan(const da_attn_plan& plan, KernelArgs* a) {
+// (tensors, sequences and the path choice are left to the caller). compact_rows:
+// KernelArgs::compact_rows.
+inline void args_from_plan(const da_attn_plan& plan, KernelArgs* a, int compact_rows = 1) {
+  a->compact_rows = compact_rows;
   a->h = plan.h;
   a->h_kv = plan.h_kv;
   a->d = plan.d;
@@ -104,7 +134,23 @@ DA_HD inline int tiles_for(RowGeometry g, int rows, int n) {
   long long chunk = (long long)rows * g.L;
   long long blk = g.G < n ? g.G : n;
   long long nb = (n + blk - 1) / blk, cpb = (blk + chunk - 1) / chunk;
-  return (int)(nb * cpb * g.L);
+  return (int)(nb * cpb * g.count);
+}
+
+// The k-th residue (from 0) of g.sel.
+DA_HD inline int nth_residue(const RowGeometry& g, int k) {
+  if (g.count == g.L) return k;
+  for (int rho = 0; rho < 64; ++rho)
+    if ((g.sel >> rho) & 1ULL) {
+      if (k == 0) return rho;
+      --k;
+    }
+  return 0;  // k < g.count: not reached
+}
+
+// Whether position p (sequence-relative) has a residue that gets CTAs.
+DA_HD inline bool residue_selected(const RowGeometry& g, long long p) {
+  return (g.sel >> (int)(p % g.L)) & 1ULL;
 }
 
 // Whether the d = 64 Hopper forward should give its CTAs kFwdWideRows rows (three
@@ -164,8 +210,8 @@ DA_HD inline bool own_rows(RowGeometry g, int rows, int n, int tile, OwnRows* ou
   long long chunk = (long long)rows * g.L;
   long long blk = g.G < n ? g.G : n;
   long long cpb = (blk + chunk - 1) / chunk;
-  long long b = tile / (cpb * g.L), c = (tile / g.L) % cpb, rho = tile % g.L;
-  long long p0 = b * blk + c * chunk + rho;
+  long long b = tile / (cpb * g.count), c = (tile / g.count) % cpb;
+  long long p0 = b * blk + c * chunk + nth_residue(g, tile % g.count);
   long long end = (b + 1) * blk < n ? (b + 1) * blk : n;
   if (p0 >= end) return false;
   long long nr = (end - p0 + g.L - 1) / g.L;

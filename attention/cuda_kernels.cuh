@@ -873,12 +873,83 @@ cudaError_t launch_forward_with(const KernelArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+// --------------------------------------------------- unselected residues ----
+
+// Position of `token` inside its sequence.
+__device__ __forceinline__ long long position_of(const KernelArgs& a, long long token) {
+  if (a.varlen == 0) return token % a.seqlen;
+  const int64_t* cu = a.varlen == 1 ? a.cu_inline : a.cu_device;
+  int lo = 0, hi = a.batch;  // the last s with cu[s] <= token (empty sequences skipped)
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) / 2;
+    if (cu[mid] <= token)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  return token - cu[lo];
+}
+
+// The rows no CTA owns because their residue is not in their head set's `sel`
+// (HeadGeometry): zero in t0 and t1 (when not NULL) and -inf in lse (when not
+// NULL), for the query heads or (kv_side) the kv heads. blockIdx.y is the head
+// set (its geometry read once); a thread writes a 16-byte chunk, consecutive
+// threads consecutive chunks of a row. (A thread a row, with the head set
+// varying across a warp, was slow enough to cost the compact grid its gain.)
+template <typename T, int D>
+__global__ void zero_unselected_kernel(const __grid_constant__ KernelArgs a, int kv_side, T* t0,
+                                       T* t1, float* lse) {
+  constexpr int kChunks = D * (int)sizeof(T) / 16;
+  const int sets = kv_side ? a.h_kv : a.h, group = kv_side ? a.h / a.h_kv : 1;
+  const int set = blockIdx.y;
+  const RowGeometry g = cta_geometry(a, set * group, group, 1);
+  if (g.count == g.L) return;
+  const long long total = a.tokens * kChunks;
+  for (long long x = blockIdx.x * (long long)blockDim.x + threadIdx.x; x < total;
+       x += (long long)gridDim.x * blockDim.x) {
+    const long long token = x / kChunks;
+    const int c = (int)(x % kChunks);
+    if (residue_selected(g, position_of(a, token))) continue;
+    const long long row = token * sets + set;
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    reinterpret_cast<uint4*>(t0 + row * D)[c] = zero;
+    if (t1 != nullptr) reinterpret_cast<uint4*>(t1 + row * D)[c] = zero;
+    if (lse != nullptr && c == 0) lse[row] = -INFINITY;
+  }
+}
+
+// Whether some head set (query heads, or kv heads) has residues without CTAs.
+inline bool some_rows_unselected(const KernelArgs& a, bool kv_side) {
+  const int sets = kv_side ? a.h_kv : a.h, group = kv_side ? a.h / a.h_kv : 1;
+  for (int s = 0; s < sets; ++s) {
+    const RowGeometry g = cta_geometry(a, s * group, group, 1);
+    if (g.count < g.L) return true;
+  }
+  return false;
+}
+
+template <typename T, int D>
+cudaError_t launch_zero_unselected(const KernelArgs& a, bool kv_side, void* t0, void* t1,
+                                   float* lse, cudaStream_t stream) {
+  if (!some_rows_unselected(a, kv_side)) return cudaSuccess;
+  const long long chunks = a.tokens * (D * (long long)sizeof(T) / 16);
+  long long blocks = (chunks + 255) / 256;
+  if (blocks > 1024) blocks = 1024;  // x the head sets (grid-stride)
+  if (blocks == 0) return cudaSuccess;
+  zero_unselected_kernel<T, D>
+      <<<dim3((unsigned)blocks, (unsigned)(kv_side ? a.h_kv : a.h)), 256, 0, stream>>>(
+          a, kv_side, static_cast<T*>(t0), static_cast<T*>(t1), lse);
+  return cudaGetLastError();
+}
+
 // The warp-specialized Hopper forward (cuda_sm90.cuh).
 template <typename T, int D, bool PINGPONG>
 cudaError_t launch_forward_ws(const KernelArgs& a, cudaStream_t stream);
 
 template <typename T, int D>
 cudaError_t launch_forward(const KernelArgs& a, cudaStream_t stream) {
+  cudaError_t e = launch_zero_unselected<T, D>(a, false, a.out, nullptr, a.lse, stream);
+  if (e != cudaSuccess) return e;
   if constexpr (D == 64 || D == 128) {
     if (a.use_wgmma) {
       switch (a.fwd_variant) {
@@ -928,6 +999,9 @@ cudaError_t launch_backward_ws(const KernelArgs& a, cudaStream_t stream);
 
 template <typename T, int D>
 cudaError_t launch_backward(const KernelArgs& a, cudaStream_t stream) {
+  cudaError_t e = launch_zero_unselected<T, D>(a, false, a.dq, nullptr, nullptr, stream);
+  if (e == cudaSuccess) e = launch_zero_unselected<T, D>(a, true, a.dk, a.dv, nullptr, stream);
+  if (e != cudaSuccess) return e;
   if constexpr (D == 64 || D == 128) {
     if (a.use_wgmma)
       return a.bwd_variant == 0 ? launch_backward_ws<T, D>(a, stream)

@@ -17,9 +17,17 @@ namespace da_cuda {
 // heads only. KernelArgs carries it for the first kGeoSlots head sets, so a CTA
 // does not recompute it (five patterns took ~1000 instructions per warp, 5-8%
 // of a forward CTA's time).
+// With them, `sel`: the residues mod L that some pattern of the heads can
+// select (bit rho), so CTAs are made only for rows of those residues. A pattern
+// (w, r, offset o) with w % r == 0 selects positions = o (mod r) only; any other
+// pattern, or a G that is not a multiple of L, makes every residue count. The
+// rows of the other residues are zero (O, dQ, dK, dV; LSE -inf), written by
+// zero_unselected_kernel (cuda_kernels.cuh). Head-group mode: a head of dilation
+// r gets 1 / r of the CTAs it would get with every residue.
 struct HeadGeometry {
   int L;
   int G;
+  unsigned long long sel;
 };
 constexpr int kGeoSlots = 128;
 
@@ -56,6 +64,8 @@ struct KernelArgs {
   int use_tma;      // the Hopper forward's K/V tiles by TMA (DA_CUDA_TMA, default 1)
   int fwd_consumers;  // consumer warpgroups of the Hopper forward at d = 64: 2 or 3
                       // (cuda_attention.cu, DA_CUDA_FWD_CONSUMERS)
+  int compact_rows;    // CTAs only for selectable residues (HeadGeometry::sel);
+                       // 0: for every residue (DA_CUDA_COMPACT=0, comparisons)
   int fwd_persistent;  // the Hopper forward as one CTA an SM looping over work items
                        // (DA_CUDA_PERSISTENT, default 1) rather than one CTA an item
   unsigned* fwd_next;  // its work counter, zero at launch (a pool block), or NULL
@@ -108,9 +118,12 @@ constexpr int kBwdWsRows = 128; // warp-specialized Hopper dQ and dK/dV: 2 consu
 // G positions (G = gcd of the segment lengths when that is >= the chunk, so no
 // chunk crosses a segment boundary), L = lcm of the dilations (so every row of
 // the CTA has the same residue mod each r). Shared by host (grid size) and device.
+// Of the L residues only those in `sel` (count of them) get CTAs.
 struct RowGeometry {
   int L;
   int G;  // block length; >= any sequence when no alignment is used
+  unsigned long long sel;
+  int count;
 };
 
 // Launchers, one per (pass, dtype); D is dispatched inside. They only enqueue.

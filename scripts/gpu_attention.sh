@@ -54,6 +54,7 @@ paths=("default DA_CUDA_FWD_VARIANT=0" "fwd-no-ping-pong DA_CUDA_FWD_VARIANT=1"
        "fwd-one-role DA_CUDA_FWD_VARIANT=2" "${extra[@]}" "fwd-2-consumers DA_CUDA_FWD_CONSUMERS=2"
        "fwd-3-consumers DA_CUDA_FWD_CONSUMERS=3"
        "fwd-one-item DA_CUDA_PERSISTENT=0"
+       "every-residue DA_CUDA_COMPACT=0"
        "no-tma DA_CUDA_TMA=0"
        "bwd-one-role DA_CUDA_BWD_VARIANT=1"
        "portable DA_CUDA_PORTABLE=1")

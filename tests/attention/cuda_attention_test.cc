@@ -477,6 +477,7 @@ constexpr const char* kTmaEnv = "DA_CUDA_TMA";
 constexpr const char* kConsumersEnv = "DA_CUDA_FWD_CONSUMERS";
 constexpr const char* kPersistentEnv = "DA_CUDA_PERSISTENT";
 constexpr const char* kForwardCtasEnv = "DA_CUDA_FWD_CTAS";
+constexpr const char* kCompactEnv = "DA_CUDA_COMPACT";
 
 void ExpectBitIdentical(const GpuOutputs& a, const GpuOutputs& b, const std::string& what) {
   EXPECT_TRUE(a.out == b.out) << "out differs: " << what;
@@ -537,7 +538,9 @@ TEST(CudaAttentionSmall, PortableKernelsMatchCpuOnChosenCases) {
 // DA_CUDA_PERSISTENT=0 (the forward with one CTA a work item) and
 // DA_CUDA_FWD_CTAS=3 (the persistent forward on three CTAs, so each takes many
 // work items, empty ones and ragged ones among them, across its two Q
-// buffers; with one CTA an SM the small cases have too few items). On
+// buffers; with one CTA an SM the small cases have too few items) and
+// DA_CUDA_COMPACT=0 (CTAs for every residue, none left to zero_unselected_kernel;
+// the default path leaves them). On
 // other GPUs the variables are ignored and these repeat the portable path.
 TEST(CudaAttentionSmall, OtherHopperKernelsMatchCpuOnChosenCases) {
   REQUIRE_GPU();
@@ -548,7 +551,8 @@ TEST(CudaAttentionSmall, OtherHopperKernelsMatchCpuOnChosenCases) {
                                                           {kConsumersEnv, "2"},
                                                           {kConsumersEnv, "3"},
                                                           {kPersistentEnv, "0"},
-                                                          {kForwardCtasEnv, "3"}};
+                                                          {kForwardCtasEnv, "3"},
+                                                          {kCompactEnv, "0"}};
   for (const auto& [name, value] : variants) {
     ScopedEnv env(name, value);
     std::mt19937_64 rng(0x5eed0c07);

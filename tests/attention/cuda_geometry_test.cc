@@ -99,8 +99,11 @@ Walk KernelPairs(const da_cuda::KernelArgs& a, int n, int rows, int bn, int kv_s
         }
       }
     }
+    // Positions of a residue no pattern of the set selects get no CTA (their
+    // zeros come from zero_unselected_kernel); the pair counts above then show
+    // that no pattern selected them after all.
     for (int p = 0; p < n; p++)
-      if (owned[p] != 1)
+      if (owned[p] != (da_cuda::residue_selected(g, p) ? 1 : 0))
         fail("position " + std::to_string(p) + " of head set " + std::to_string(s) + " is owned " +
              std::to_string(owned[p]) + " times");
   }
@@ -254,6 +257,44 @@ TEST(CudaGeometry, WideForwardRowsOnlyWhereTheyPay) {
 
 // The tensor-map cache's key holds everything the encoder reads: changing any
 // one of them gives another key, the same inputs the same key.
+// Head-group mode with segment lengths that are multiples of the dilations: a
+// head of dilation r gets CTAs for one residue mod r only (its offset's), and a
+// pattern whose w is not a multiple of r keeps every residue (its selected
+// positions' residues move from segment to segment). CoversExactly... checks
+// that the rows left out are never selected.
+TEST(CudaGeometry, CtasOnlyForSelectableResidues) {
+  Config c;
+  c.w = {64, 128, 256};
+  c.r = {1, 2, 4};
+  c.mode = DA_MODE_HEAD_GROUP;
+  c.h = 6;
+  c.seqlen = 512;
+  for (da_offset_policy offset : {DA_OFFSET_HEAD, DA_OFFSET_GROUP, DA_OFFSET_BLOCK}) {
+    c.offset = offset;
+    da_attn_plan plan;
+    static da_cuda::KernelArgs a;  // kilobytes
+    if (!PlanAndArgs(c, &plan, &a)) return;
+    for (int j = 0; j < plan.h; j++) {
+      const int r = plan.r[da_attn_head_group(j, plan.h, plan.num_patterns)];
+      const da_cuda::RowGeometry g = da_cuda::cta_geometry(a, j, 1, da_cuda::kFwdRows);
+      EXPECT_EQ(g.L, r) << "head " << j;
+      EXPECT_EQ(g.count, 1) << "head " << j << " (dilation " << r << ")";
+      const int o = da_attn_head_offset(plan.offset, j, plan.h, plan.num_patterns, r);
+      EXPECT_EQ(g.sel, 1ULL << (o % r)) << "head " << j;
+    }
+  }
+  c.w = {64, 96};  // 96 is not a multiple of its dilation 5
+  c.r = {1, 5};
+  c.h = 2;
+  c.offset = DA_OFFSET_GROUP;
+  da_attn_plan plan;
+  static da_cuda::KernelArgs a;
+  if (!PlanAndArgs(c, &plan, &a)) return;
+  const da_cuda::RowGeometry g = da_cuda::cta_geometry(a, 1, 1, da_cuda::kFwdRows);
+  EXPECT_EQ(g.L, 5);
+  EXPECT_EQ(g.count, 5) << "w = 96, r = 5: every residue";
+}
+
 // The persistent forward's CTAs take items blockIdx.x, blockIdx.x + gridDim.x,
 // ... < items; item_place must map those onto every (head, sequence, tile)
 // exactly once, for any grid, with the head slowest and the tile fastest.
