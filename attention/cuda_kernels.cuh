@@ -305,10 +305,9 @@ __device__ __forceinline__ bool cta_rows(const KernelArgs& a, int tiles_per_seq,
 
 // Whether some unit (next_unit) selects rows of the CTA. When none does, every
 // output row of the CTA is zero (and its LSE -inf): the kernels write that at
-// once and skip the own-row loads, the ring and the tile walk. Head-group mode
-// has many such CTAs: a head of dilation r selects the rows of 1 / r of them
-// (61% of the CTAs of the benchmark's configuration; they cost 10-14% of its
-// forward when they ran the full prologue and epilogue).
+// once and skip the own-row loads, the ring and the tile walk. (Rows of
+// residues no pattern selects get no CTA at all, HeadGeometry::sel; these are
+// the rest: rows before a segment's offset, short last segments.)
 __device__ __forceinline__ bool rows_have_work(const KernelArgs& a, int n, const OwnRows& own,
                                                int head_first, int head_count, int kv_side) {
   UnitCursor cursor = {0, 0, -1};

@@ -483,6 +483,32 @@ __device__ __forceinline__ void init_ring(uint64_t* full, uint64_t* empty, int t
   __syncthreads();
 }
 
+// The item tag of a persistent CTA's tile: its work item (item_place) times two,
+// plus one on the item's last tile. Beside the ring, not in TileDesc: a larger
+// TileDesc cost the d = 128 backward 3-5%.
+DA_HD inline long long item_tag(long long item, bool last) { return 2 * item + (last ? 1 : 0); }
+
+// Descriptor d into ring slot `slot` (tag: its item tag, when the ring has
+// tags), signalled full once this thread's copies and thread 0's tx bytes land.
+__device__ __forceinline__ void push_desc(const TileDesc& d, int slot, int tx, TileDesc* ring,
+                                          long long* tags, long long tag, uint64_t* full,
+                                          int tid) {
+  cp_async_mbar_arrive(&full[slot]);
+  if (tid == 0) {
+    ring[slot] = d;
+    if (tags != nullptr) tags[slot] = tag;
+    mbar_arrive_tx(&full[slot], tx);
+  }
+}
+
+// The ring slot of the issued-th descriptor, once the consumers have emptied it.
+template <int ST>
+__device__ __forceinline__ int ring_slot(uint64_t* empty, int issued) {
+  const int slot = issued % ST;
+  if (issued >= ST) mbar_wait(&empty[slot], (issued / ST - 1) & 1);
+  return slot;
+}
+
 // The producer side of the warp-specialized kernels' ring. push_tiles walks a
 // TileStream: for each tile it waits for a ring slot to be empty, enqueues the
 // tile's copies (load(desc, slot), which returns the bytes thread 0's TMA
@@ -497,31 +523,12 @@ __device__ __forceinline__ void init_ring(uint64_t* full, uint64_t* empty, int t
 // waiting for tiles that had landed.) `issued` counts the descriptors pushed so
 // far, across items. (One loop for tiles and end: written as two, the dK/dV
 // producer at d = 128 spilled 382 bytes instead of 312.)
-// Descriptor d into ring slot `slot` (tag: its item tag, when the ring has
-// tags), signalled full once this thread's copies and thread 0's tx bytes land.
-__device__ __forceinline__ void push_desc(const TileDesc& d, int slot, int tx, TileDesc* ring,
-                                          long long* tags, long long tag, uint64_t* full,
-                                          int tid) {
-  cp_async_mbar_arrive(&full[slot]);
-  if (tid == 0) {
-    ring[slot] = d;
-    if (tags != nullptr) tags[slot] = tag;
-    mbar_arrive_tx(&full[slot], tx);
-  }
-}
-
-// The item tag of a persistent CTA's tile: its work item (item_place) times two,
-// plus one on the item's last tile. Beside the ring, not in TileDesc: a larger
-// TileDesc cost the d = 128 backward 3-5%.
-DA_HD inline long long item_tag(long long item, bool last) { return 2 * item + (last ? 1 : 0); }
-
 template <int ST, bool END, class Load>
 __device__ __forceinline__ void push_tiles(TileStream& stream, long long item, TileDesc* ring,
                                            long long* tags, uint64_t* full, uint64_t* empty,
                                            int tid, int& issued, Load&& load) {
   for (;;) {
-    const int slot = issued % ST;
-    if (issued >= ST) mbar_wait(&empty[slot], (issued / ST - 1) & 1);
+    const int slot = ring_slot<ST>(empty, issued);
     TileDesc d;
     const bool more = stream.next(&d);
     if (!END && !more) break;
@@ -545,8 +552,7 @@ __device__ __forceinline__ void push_tiles(TileStream& stream, long long item, T
 template <int ST>
 __device__ __forceinline__ void push_end(TileDesc* ring, uint64_t* full, uint64_t* empty, int tid,
                                          int issued) {
-  const int slot = issued % ST;
-  if (issued >= ST) mbar_wait(&empty[slot], (issued / ST - 1) & 1);
+  const int slot = ring_slot<ST>(empty, issued);
   TileDesc d;
   d.valid = -1;
   push_desc(d, slot, 0, ring, nullptr, 0, full, tid);
@@ -675,9 +681,9 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
     // atomicAdd an item, issued an item ahead by thread 0 and handed to the
     // warpgroup through next_item), so CTAs that drew cheap items (empty ones,
     // short causal ones) take more: a fixed stride of gridDim.x measured 10%
-    // slower in head-group mode, where whether an item has work follows its
-    // tile's residue mod r, and 132 CTAs a stride put all of a head's work on
-    // the CTAs of one residue mod 4.
+    // slower in head-group mode, where (before the compact grid) whether an
+    // item had work followed its tile's residue mod r, and 132 CTAs a stride
+    // put all of a head's work on the CTAs of one residue mod 4.
     __shared__ long long next_item[2];
     long long item = blockIdx.x, ahead = 0;
     auto fetch = [&]() {
