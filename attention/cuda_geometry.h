@@ -32,12 +32,12 @@ DA_HD inline int gcd_int(int x, int y) {
   return x;
 }
 
-// The heads' part of the geometry of the rows a CTA owns for heads
-// [head_first, head_first + count): see HeadGeometry.
 DA_HD inline unsigned long long all_residues(int L) {
   return L >= 64 ? ~0ULL : (1ULL << L) - 1;
 }
 
+// The heads' part of the geometry of the rows a CTA owns for heads
+// [head_first, head_first + count): see HeadGeometry.
 DA_HD inline HeadGeometry head_geometry(const KernelArgs& a, int head_first, int count) {
   long long L = 1;
   int G = 0;
@@ -59,10 +59,7 @@ DA_HD inline HeadGeometry head_geometry(const KernelArgs& a, int head_first, int
     for (int i = 0; i < a.num_patterns && !every; ++i) {
       if (!da_attn_head_uses_pattern((da_attention_mode)a.mode, i, j, a.h, a.num_patterns)) continue;
       const int r = a.r[i];
-      if (a.w[i] % r != 0) {
-        every = true;
-        break;
-      }
+      every = a.w[i] % r != 0;
       const int o = da_attn_head_offset((da_offset_policy)a.offset, j, a.h, a.num_patterns, r) % r;
       for (int rho = o; rho < g.L; rho += r) sel |= 1ULL << rho;
     }
@@ -184,8 +181,8 @@ inline bool forward_rows_wide(const KernelArgs& a) {
 // tiles_per_seq CTAs' worth of rows per sequence and `batch` sequences: the
 // head slowest, then the sequence, then the tile (the order in which the
 // one-item-per-CTA grids (tiles * batch, heads) are numbered). A persistent
-// CTA takes items blockIdx.x, blockIdx.x + gridDim.x, ...; so CTAs running at
-// once work on neighbouring tiles of one head and share its K/V in L2.
+// CTA takes item blockIdx.x, then items from a work counter in order; so CTAs
+// running at once work on neighbouring tiles of one head and share its K/V in L2.
 struct ItemPlace {
   int head, seq, tile;
 };

@@ -66,9 +66,8 @@ struct KernelArgs {
                       // (cuda_attention.cu, DA_CUDA_FWD_CONSUMERS)
   int compact_rows;    // CTAs only for selectable residues (HeadGeometry::sel);
                        // 0: for every residue (DA_CUDA_COMPACT=0, comparisons)
-  int fwd_persistent;  // the Hopper forward as one CTA an SM looping over work items
-                       // (DA_CUDA_PERSISTENT, default 1) rather than one CTA an item
-  unsigned* fwd_next;  // its work counter, zero at launch (a pool block), or NULL
+  unsigned* fwd_next;  // the persistent Hopper forward's work counter, zero at launch
+                       // (a pool block), or NULL: one CTA a work item
   int fwd_ctas;        // CTAs of the persistent forward: the device's multiprocessors,
                        // or DA_CUDA_FWD_CTAS (the tests give CTAs many items)
   int w[DA_MAX_PATTERNS];
