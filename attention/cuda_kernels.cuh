@@ -192,31 +192,82 @@ __device__ __forceinline__ void zero(float (&x)[N][4]) {
   for (int i = 0; i < N; ++i) x[i][0] = x[i][1] = x[i][2] = x[i][3] = 0.f;
 }
 
-// Writes a warp's 16 x D accumulator (times mul) as T rows through the warp's
-// own 16 rows of the shared tile `stage`: row t (0..15) goes to dst + t * stride
-// when t < valid.
+// Where a warp stages its 16 output rows (put: two elements at row, col; get:
+// the 16-byte chunk at row, col): rows of D + 8 elements from `p` (bank-conflict
+// free without a swizzle), or (SwizzledStage) the warp's own rows of a tile in
+// Sm90Mma's layout.
 template <typename T, int D>
+struct PaddedStage {
+  T* p;
+  __device__ __forceinline__ void put(int row, int col, uint32_t v) const {
+    *reinterpret_cast<uint32_t*>(p + row * (D + 8) + col) = v;
+  }
+  __device__ __forceinline__ uint4 get(int row, int col) const {
+    return *reinterpret_cast<const uint4*>(p + row * (D + 8) + col);
+  }
+};
+
+// Rows first_row + (0..15) of a ROWS-row tile in Sm90Mma::load's layout (64-column
+// halves of ROWS rows of 128 bytes; the 16-byte chunk c of row x at chunk
+// c ^ (x % 8)): the stage overwrites only the rows it stands for, so a warp may
+// stage its output in its own Q rows once its warpgroup's products have read
+// them; store_rows' accesses touch each bank once here too. Shared-window
+// addresses: as generic pointers the swizzled addresses took a register pair
+// each, and the d = 64 forward spilled.
+template <typename T, int ROWS>
+struct SwizzledStage {
+  static_assert(sizeof(T) == 2, "64 elements a 128-byte row");
+  uint32_t tile;  // smem_u32 of the tile
+  int first_row;
+  __device__ __forceinline__ uint32_t addr(int row, int col) const {
+    uint32_t t;
+    int fr;
+    asm volatile("mov.b32 %0, %2;\n mov.b32 %1, %3;\n" : "=r"(t), "=r"(fr) : "r"(tile), "r"(first_row));
+    const int x = fr + row;
+    return t + (uint32_t)((col / 64) * ROWS * 128 + x * 128) +
+           (uint32_t)(((col % 64) * 2) ^ ((x % 8) * 16));
+  }
+  __device__ __forceinline__ void put(int row, int col, uint32_t v) const {
+    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr(row, col)), "r"(v) : "memory");
+  }
+  __device__ __forceinline__ uint4 get(int row, int col) const {
+    uint4 v;
+    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(addr(row, col))
+                 : "memory");
+    return v;
+  }
+};
+
+// Writes a warp's 16 x D accumulator (times mul) as T rows through its staging
+// rows (PaddedStage or SwizzledStage): row t (0..15) goes to dst + t * stride
+// when t < valid.
+template <typename T, int D, class Stage>
 __device__ __forceinline__ void store_rows(const float (&acc)[D / 8][4], float mul0, float mul1,
-                                           T* stage, T* dst, long long stride, int valid,
+                                           const Stage& stage, T* dst, long long stride, int valid,
                                            int lane) {
-  constexpr int S = D + 8;
   int r0 = lane / 4, c0 = (lane % 4) * 2;
   __syncwarp();
 #pragma unroll
   for (int nt = 0; nt < D / 8; ++nt) {
-    *reinterpret_cast<uint32_t*>(stage + r0 * S + nt * 8 + c0) =
-        pack2<T>(acc[nt][0] * mul0, acc[nt][1] * mul0);
-    *reinterpret_cast<uint32_t*>(stage + (r0 + 8) * S + nt * 8 + c0) =
-        pack2<T>(acc[nt][2] * mul1, acc[nt][3] * mul1);
+    stage.put(r0, nt * 8 + c0, pack2<T>(acc[nt][0] * mul0, acc[nt][1] * mul0));
+    stage.put(r0 + 8, nt * 8 + c0, pack2<T>(acc[nt][2] * mul1, acc[nt][3] * mul1));
   }
   __syncwarp();
   constexpr int kChunks = D / 8;
   for (int c = lane; c < 16 * kChunks; c += 32) {
     int row = c / kChunks, ch = c % kChunks;
-    if (row < valid)
-      *reinterpret_cast<uint4*>(dst + row * stride + ch * 8) =
-          *reinterpret_cast<const uint4*>(stage + row * S + ch * 8);
+    if (row < valid) *reinterpret_cast<uint4*>(dst + row * stride + ch * 8) = stage.get(row, ch * 8);
   }
+}
+
+// store_rows through rows of D + 8 elements from `stage`.
+template <typename T, int D>
+__device__ __forceinline__ void store_rows(const float (&acc)[D / 8][4], float mul0, float mul1,
+                                           T* stage, T* dst, long long stride, int valid,
+                                           int lane) {
+  store_rows<T, D>(acc, mul0, mul1, PaddedStage<T, D>{stage}, dst, stride, valid, lane);
 }
 
 __device__ __forceinline__ float quad_max(float x) {
@@ -502,11 +553,11 @@ __device__ __forceinline__ void softmax_rescale(float (&acc)[D / 8][4], const fl
 }
 
 // The forward epilogue of a warp's 16 rows (CTA rows warp * 16 ...): O / l
-// through the warp's staging rows `stage`, and the LSE.
-template <typename T, int D>
+// through the warp's staging rows `stage` (store_rows), and the LSE.
+template <typename T, int D, class Stage>
 __device__ __forceinline__ void forward_epilogue(const KernelArgs& a, const float (&acc)[D / 8][4],
                                                  const float (&m_run)[2], const float (&l_run)[2],
-                                                 T* stage, long long start, const OwnRows& own,
+                                                 const Stage& stage, long long start, const OwnRows& own,
                                                  long long q_first, long long q_stride, int j,
                                                  int warp, int lane) {
   float inv[2], lse[2];
@@ -570,7 +621,7 @@ __global__ void __launch_bounds__(kFwdRows * 2, Mm::kMinBlocks)
         Mm::template pv<BN>(acc, s, sV + slot * Mm::tile_elems(BN), warp, lane);
       });
 
-  forward_epilogue<T, D>(a, acc, m_run, l_run, sQ + warp * 16 * S, start, own, q_first, q_stride, j,
+  forward_epilogue<T, D>(a, acc, m_run, l_run, PaddedStage<T, D>{sQ + warp * 16 * S}, start, own, q_first, q_stride, j,
                          warp, lane);
 }
 

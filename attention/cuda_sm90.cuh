@@ -608,21 +608,16 @@ struct Sm90Fwd {
   static constexpr int tile_elems(int rows) { return rows * D; }
   // Q buffers. With two, a persistent CTA loads the next work item's Q (and
   // streams its first tiles) while its consumers finish the current item and
-  // write its output, staged through the item's own Q buffer: so a buffer holds
-  // BM rows of D + 8 elements (the staging's padded rows), rounded to the
-  // swizzle's 1024 bytes. d = 128 has no room for two beside its three slots;
-  // with one, the staging runs past Q into the ring, so a CTA may take one
-  // work item only (launch_forward_ws_with).
+  // write its output, staged in the item's own Q rows (SwizzledStage). d = 128
+  // has no room for two beside its three slots, so its CTAs take one work item
+  // each (launch_forward_ws_with).
   static constexpr int kRingBytes = 2 * kStages * tile_elems(kBN) * (int)sizeof(T);
-  static constexpr int kQBufBytes = (kBM * (D + 8) * (int)sizeof(T) + 1023) / 1024 * 1024;
+  static constexpr int kQBufBytes = tile_elems(kBM) * (int)sizeof(T);
+  static_assert(kQBufBytes % 1024 == 0, "Q buffers on the swizzle's 1024 bytes");
   static constexpr int kMaxSmem = 227 * 1024;
   static constexpr int kQBuffers = 2 * kQBufBytes + kRingBytes + kAlign <= kMaxSmem ? 2 : 1;
-  static constexpr int kQStride = kQBuffers == 2 ? kQBufBytes / (int)sizeof(T) : tile_elems(kBM);
-  static constexpr int smem_bytes() {
-    const int q = kQBuffers * kQStride * (int)sizeof(T);
-    const int stage = kBM * (D + 8) * (int)sizeof(T);  // one buffer's staging
-    return (q + kRingBytes > stage ? q + kRingBytes : stage) + kAlign;
-  }
+  static constexpr int kQStride = tile_elems(kBM);
+  static constexpr int smem_bytes() { return kQBuffers * kQBufBytes + kRingBytes + kAlign; }
   static_assert(smem_bytes() <= kMaxSmem, "shared memory");
 };
 
@@ -656,7 +651,7 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
 #ifdef DA_HAVE_WGMMA  // sm_90a only (mbarrier waits, setmaxnreg, wgmma)
   using Cfg = Sm90Fwd<T, D, NC>;
   using Mm = Sm90Mma<T, D>;
-  constexpr int BM = Cfg::kBM, BN = Cfg::kBN, ST = Cfg::kStages, QB = Cfg::kQBuffers, S = D + 8;
+  constexpr int BM = Cfg::kBM, BN = Cfg::kBN, ST = Cfg::kStages, QB = Cfg::kQBuffers;
   constexpr int kTile = Cfg::tile_elems(BN);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ TileDesc ring[ST];
@@ -812,9 +807,14 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
     wgmma_wait<0>();
     fence_regs(acc);
     release(prev);
-    // The consumers are done with this Q buffer (the epilogue stages there).
-    named_sync(1 + NC, NC * 128);
-    forward_epilogue<T, D>(a, acc, m_run, l_run, sQ + cw * 16 * S, start, own,
+    // Each warp stages its output in its own Q rows, once its warpgroup's
+    // products have read them: the other consumers run on meanwhile. (A barrier
+    // of all consumers here, with staging rows that crossed theirs, kept the
+    // tensor cores idle at every item's end.)
+    named_sync(3 + NC + cg, 128);
+    forward_epilogue<T, D>(a, acc, m_run, l_run,
+                           SwizzledStage<T, BM>{smem_u32(sQ), cw * 16},
+                           start, own,
                            ((start + own.p0) * a.h + j) * D, (long long)own.L * a.h * D, j, cw,
                            lane);
     if constexpr (QB == 1) {  // one item a CTA (Sm90Fwd::kQBuffers): it was the last
