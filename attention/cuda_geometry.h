@@ -145,6 +145,27 @@ DA_HD inline int nth_residue(const RowGeometry& g, int k) {
   return 0;  // k < g.count: not reached
 }
 
+// The positions [*first, *end) (sequence-relative) of CTA `tile`'s chunk of
+// rows * L positions, for the chunk's first residue's CTA only (tile % count ==
+// 0): its rows of the residues without CTAs are that CTA's to write (zeros), so
+// each such row has one writer. False for the other CTAs, and where every
+// residue gets CTAs. *first is a multiple of L (blocks of G positions are, where
+// some residue has no CTAs).
+DA_HD inline bool unowned_span(RowGeometry g, int rows, int n, int tile, int* first, int* end) {
+  if (g.count == g.L || n <= 0 || tile % g.count != 0) return false;
+  const long long chunk = (long long)rows * g.L;
+  const long long blk = g.G < n ? g.G : n;
+  const long long cpb = (blk + chunk - 1) / chunk;
+  const long long b = tile / (cpb * g.count), c = (tile / g.count) % cpb;
+  const long long lo = b * blk + c * chunk;
+  long long hi = (b + 1) * blk < n ? (b + 1) * blk : n;
+  if (lo + chunk < hi) hi = lo + chunk;
+  if (lo >= hi) return false;
+  *first = (int)lo;
+  *end = (int)hi;
+  return true;
+}
+
 // Whether position p (sequence-relative) has a residue that gets CTAs.
 DA_HD inline bool residue_selected(const RowGeometry& g, long long p) {
   return (g.sel >> (int)(p % g.L)) & 1ULL;

@@ -192,15 +192,15 @@ __device__ __forceinline__ void zero(float (&x)[N][4]) {
   for (int i = 0; i < N; ++i) x[i][0] = x[i][1] = x[i][2] = x[i][3] = 0.f;
 }
 
-// Where a warp stages its 16 output rows (put: two elements at row, col; get:
-// the 16-byte chunk at row, col): rows of D + 8 elements from `p` (bank-conflict
+// Where a warp stages its 16 output rows (put: two elements at row, column
+// col + c, col a multiple of 8; get: the 16-byte chunk at row, col): rows of D + 8 elements from `p` (bank-conflict
 // free without a swizzle), or (SwizzledStage) the warp's own rows of a tile in
 // Sm90Mma's layout.
 template <typename T, int D>
 struct PaddedStage {
   T* p;
-  __device__ __forceinline__ void put(int row, int col, uint32_t v) const {
-    *reinterpret_cast<uint32_t*>(p + row * (D + 8) + col) = v;
+  __device__ __forceinline__ void put(int row, int col, int c, uint32_t v) const {
+    *reinterpret_cast<uint32_t*>(p + row * (D + 8) + col + c) = v;
   }
   __device__ __forceinline__ uint4 get(int row, int col) const {
     return *reinterpret_cast<const uint4*>(p + row * (D + 8) + col);
@@ -227,8 +227,8 @@ struct SwizzledStage {
     return t + (uint32_t)((col / 64) * ROWS * 128 + x * 128) +
            (uint32_t)(((col % 64) * 2) ^ ((x % 8) * 16));
   }
-  __device__ __forceinline__ void put(int row, int col, uint32_t v) const {
-    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr(row, col)), "r"(v) : "memory");
+  __device__ __forceinline__ void put(int row, int col, int c, uint32_t v) const {
+    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr(row, col + c)), "r"(v) : "memory");
   }
   __device__ __forceinline__ uint4 get(int row, int col) const {
     uint4 v;
@@ -251,14 +251,17 @@ __device__ __forceinline__ void store_rows(const float (&acc)[D / 8][4], float m
   __syncwarp();
 #pragma unroll
   for (int nt = 0; nt < D / 8; ++nt) {
-    stage.put(r0, nt * 8 + c0, pack2<T>(acc[nt][0] * mul0, acc[nt][1] * mul0));
-    stage.put(r0 + 8, nt * 8 + c0, pack2<T>(acc[nt][2] * mul1, acc[nt][3] * mul1));
+    stage.put(r0, nt * 8, c0, pack2<T>(acc[nt][0] * mul0, acc[nt][1] * mul0));
+    stage.put(r0 + 8, nt * 8, c0, pack2<T>(acc[nt][2] * mul1, acc[nt][3] * mul1));
   }
   __syncwarp();
   constexpr int kChunks = D / 8;
   for (int c = lane; c < 16 * kChunks; c += 32) {
     int row = c / kChunks, ch = c % kChunks;
-    if (row < valid) *reinterpret_cast<uint4*>(dst + row * stride + ch * 8) = stage.get(row, ch * 8);
+    if (row < valid) {
+      uint4* to = reinterpret_cast<uint4*>(dst + row * stride + ch * 8);  // (first: as before
+      *to = stage.get(row, ch * 8);  // the stages, so the backward's code did not change)
+    }
   }
 }
 
@@ -386,6 +389,31 @@ __device__ __forceinline__ void forward_empty_rows(const KernelArgs& a, long lon
   if (a.lse != nullptr)
     for (int t = tid; t < own.nrows; t += NT)
       a.lse[(start + own.p0 + (long long)own.L * t) * a.h + j] = -INFINITY;
+}
+
+// The forward's output for the rows of [first, end) (sequence-relative, first a
+// multiple of g.L: unowned_span) whose residue has no CTAs: O = 0, LSE = -inf,
+// for query head j. Residue by residue, a thread a 16-byte chunk at a fixed
+// column: a few instructions a store, so a Hopper forward producer can write
+// them beside its loads.
+template <typename T, int D, int NT>
+__device__ __forceinline__ void forward_unowned_rows(const KernelArgs& a, const RowGeometry& g,
+                                                     long long start, int first, int end, int j,
+                                                     int tid) {
+  constexpr int kChunks = D * (int)sizeof(T) / 16, kRows = NT / kChunks;
+  static_assert(NT % kChunks == 0, "whole rows a pass");
+  const long long row = (long long)a.h * D;  // elements from one position to the next
+  T* out = static_cast<T*>(a.out) + (start * a.h + j) * D + (tid % kChunks) * (16 / sizeof(T));
+  for (unsigned long long un = all_residues(g.L) & ~g.sel; un != 0; un &= un - 1) {
+    const int rho = __ffsll((long long)un) - 1;
+    const int p0 = first + rho + g.L * (tid / kChunks), step = g.L * kRows;
+    T* o = out + p0 * row;
+    for (int p = p0; p < end; p += step, o += step * row)
+      *reinterpret_cast<uint4*>(o) = make_uint4(0u, 0u, 0u, 0u);
+    if (a.lse != nullptr)
+      for (int p = first + rho + g.L * tid; p < end; p += g.L * NT)
+        a.lse[(start + p) * a.h + j] = -INFINITY;
+  }
 }
 
 // Per-thread own dilated indices of the thread's two rows (row0, row0 + 8) for the
@@ -996,15 +1024,21 @@ cudaError_t launch_zero_unselected(const KernelArgs& a, bool kv_side, void* t0, 
 template <typename T, int D, bool PINGPONG>
 cudaError_t launch_forward_ws(const KernelArgs& a, cudaStream_t stream);
 
+// The one-role forward kernels, after the rows of residues without CTAs.
+template <typename T, int D, class Mm>
+cudaError_t launch_forward_zeroed(const KernelArgs& a, cudaStream_t stream) {
+  const cudaError_t e = launch_zero_unselected<T, D>(a, false, a.out, nullptr, a.lse, stream);
+  return e != cudaSuccess ? e : launch_forward_with<T, D, Mm>(a, stream);
+}
+
+// (The warp-specialized kernel writes the rows of residues without CTAs itself.)
 template <typename T, int D>
 cudaError_t launch_forward(const KernelArgs& a, cudaStream_t stream) {
-  cudaError_t e = launch_zero_unselected<T, D>(a, false, a.out, nullptr, a.lse, stream);
-  if (e != cudaSuccess) return e;
   if constexpr (D == 64 || D == 128) {
     if (a.use_wgmma) {
       switch (a.fwd_variant) {
         case 1: return launch_forward_ws<T, D, false>(a, stream);
-        case 2: return launch_forward_with<T, D, Sm90Mma<T, D>>(a, stream);
+        case 2: return launch_forward_zeroed<T, D, Sm90Mma<T, D>>(a, stream);
         default:
           // In both modes: in the head-group mode it measured 254 / 390 TFLOP/s
           // against the one-role kernel's 247 / 332 (d = 64 / 128, n = 128K,
@@ -1013,7 +1047,7 @@ cudaError_t launch_forward(const KernelArgs& a, cudaStream_t stream) {
       }
     }
   }
-  return launch_forward_with<T, D, SyncMma<T, D>>(a, stream);
+  return launch_forward_zeroed<T, D, SyncMma<T, D>>(a, stream);
 }
 
 template <typename T, int D, class Mm>

@@ -483,20 +483,16 @@ __device__ __forceinline__ void init_ring(uint64_t* full, uint64_t* empty, int t
   __syncthreads();
 }
 
-// The item tag of a persistent CTA's tile: its work item (item_place) times two,
-// plus one on the item's last tile. Beside the ring, not in TileDesc: a larger
-// TileDesc cost the d = 128 backward 3-5%.
-DA_HD inline long long item_tag(long long item, bool last) { return 2 * item + (last ? 1 : 0); }
-
-// Descriptor d into ring slot `slot` (tag: its item tag, when the ring has
-// tags), signalled full once this thread's copies and thread 0's tx bytes land.
+// Descriptor d into ring slot `slot` (and, where the ring has them, its flag in
+// `lasts`: whether it is its work item's last tile), signalled full once this
+// thread's copies and thread 0's tx bytes land. The flags sit beside the ring,
+// not in TileDesc: a larger TileDesc cost the d = 128 backward 3-5%.
 __device__ __forceinline__ void push_desc(const TileDesc& d, int slot, int tx, TileDesc* ring,
-                                          long long* tags, long long tag, uint64_t* full,
-                                          int tid) {
+                                          int* lasts, int last, uint64_t* full, int tid) {
   cp_async_mbar_arrive(&full[slot]);
   if (tid == 0) {
     ring[slot] = d;
-    if (tags != nullptr) tags[slot] = tag;
+    if (lasts != nullptr) lasts[slot] = last;
     mbar_arrive_tx(&full[slot], tx);
   }
 }
@@ -512,8 +508,8 @@ __device__ __forceinline__ int ring_slot(uint64_t* empty, int issued) {
 // The producer side of the warp-specialized kernels' ring. push_tiles walks a
 // TileStream: for each tile it waits for a ring slot to be empty, enqueues the
 // tile's copies (load(desc, slot), which returns the bytes thread 0's TMA
-// copies will deliver) and its descriptor, tagged with the work item it
-// belongs to; with END, the descriptor after the last tile (valid = -1) ends
+// copies will deliver) and its descriptor, flagged in `lasts` (when not NULL)
+// on the stream's last tile; with END, the descriptor after the last tile (valid = -1) ends
 // the ring, and every copy this thread issued has landed when it returns (none
 // outlives its thread). The copies signal the slot full themselves when they
 // land (cp.async.mbarrier.arrive, TMA's transaction count), so the producer
@@ -524,9 +520,9 @@ __device__ __forceinline__ int ring_slot(uint64_t* empty, int issued) {
 // far, across items. (One loop for tiles and end: written as two, the dK/dV
 // producer at d = 128 spilled 382 bytes instead of 312.)
 template <int ST, bool END, class Load>
-__device__ __forceinline__ void push_tiles(TileStream& stream, long long item, TileDesc* ring,
-                                           long long* tags, uint64_t* full, uint64_t* empty,
-                                           int tid, int& issued, Load&& load) {
+__device__ __forceinline__ void push_tiles(TileStream& stream, TileDesc* ring, int* lasts,
+                                           uint64_t* full, uint64_t* empty, int tid, int& issued,
+                                           Load&& load) {
   for (;;) {
     const int slot = ring_slot<ST>(empty, issued);
     TileDesc d;
@@ -537,7 +533,7 @@ __device__ __forceinline__ void push_tiles(TileStream& stream, long long item, T
       tx = load(d, slot);
     else
       d.valid = -1;  // end of the ring
-    push_desc(d, slot, tx, ring, tags, item_tag(item, !stream.more), full, tid);
+    push_desc(d, slot, tx, ring, lasts, !stream.more, full, tid);
     ++issued;
     if (!more) break;
   }
@@ -561,12 +557,12 @@ __device__ __forceinline__ void push_end(TileDesc* ring, uint64_t* full, uint64_
 }
 
 // The whole producer loop of a CTA with one work item, whose consumers read no
-// item tags (the backward).
+// last-tile flags (the backward).
 template <int ST, class Load>
 __device__ __forceinline__ void produce_tiles(TileStream& stream, TileDesc* ring, uint64_t* full,
                                               uint64_t* empty, int tid, Load&& load) {
   int issued = 0;
-  push_tiles<ST, true>(stream, 0, ring, nullptr, full, empty, tid, issued, load);
+  push_tiles<ST, true>(stream, ring, nullptr, full, empty, tid, issued, load);
 }
 
 // A consumer's wait for ring slot `slot` (phase parity `parity`). The tile was
@@ -621,29 +617,36 @@ struct Sm90Fwd {
   static_assert(smem_bytes() <= kMaxSmem, "shared memory");
 };
 
-// The rows of work item `item` (item_place) of a launch over tiles_per_seq
-// CTAs' worth of rows of `rows` rows per sequence: its query head *j, its
-// sequence (*start, *n) and its rows; false when the tile lies past its
-// sequence's end.
-__device__ __forceinline__ bool item_rows(const KernelArgs& a, int tiles_per_seq, long long item,
-                                          int rows, int* j, long long* start, int* n,
-                                          OwnRows* own) {
-  const ItemPlace p = item_place(item, tiles_per_seq, a.batch);
-  *j = p.head;
-  sequence_of(a, p.seq, start, n);
-  return own_rows(cta_geometry(a, p.head, 1, rows), rows, *n, p.tile, own);
+// Work item `item` (item_place) of a launch over tiles_per_seq CTAs' worth of
+// rows of `rows` rows per sequence: its query head, its sequence, its tile and
+// the head's geometry.
+struct Item {
+  ItemPlace place;
+  long long start;
+  int n;
+  RowGeometry g;
+};
+
+__device__ __forceinline__ Item item_at(const KernelArgs& a, int tiles_per_seq, long long item,
+                                        int rows) {
+  Item it;
+  it.place = item_place(item, tiles_per_seq, a.batch);
+  sequence_of(a, it.place.seq, &it.start, &it.n);
+  it.g = cta_geometry(a, it.place.head, 1, rows);
+  return it;
 }
 
 // The warp-specialized Hopper forward over work items blockIdx.x, blockIdx.x +
 // gridDim.x, ... < items (one item a CTA, or persistent: one CTA an SM looping
 // over items). The producer skips items past their sequence's end, writes the
 // output of items no unit selects itself (O = 0, LSE = -inf), and for the
-// others loads Q into the next Q buffer (q_full) once the consumers have
-// written the output staged there two items before (q_empty), then pushes the
-// item's tiles into the ring; so the ring runs on across items. The consumers
-// follow the ring: a tile of a new item starts it (its rows decoded from the
-// slot's item_tag), the item's last tile ends it (last product, epilogue,
-// q_empty).
+// others loads Q into the next Q buffer and stores the item's rows beside it
+// (q_full) once the consumers have written the output staged there two items
+// before (q_empty), then pushes the item's tiles into the ring; so the ring runs
+// on across items. The consumers follow the ring: a tile of a new item starts
+// it (its rows read beside its Q buffer: decoding the item in every consumer
+// warp cost ~1000 instructions a warp an item), the item's last tile ends it
+// (last product, epilogue, q_empty).
 template <typename T, int D, bool PINGPONG, int NC>
 __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
     forward_ws_kernel(const __grid_constant__ KernelArgs a, const __grid_constant__ TileMaps maps,
@@ -655,7 +658,11 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
   constexpr int kTile = Cfg::tile_elems(BN);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ TileDesc ring[ST];
-  __shared__ long long tags[ST];  // item_tag of each slot's tile
+  __shared__ int lasts[ST];  // whether each slot's tile is its item's last
+  // The rows of the item in each Q buffer: query head, sequence start, rows.
+  __shared__ int item_j[QB];
+  __shared__ long long item_start[QB];
+  __shared__ OwnRows item_own[QB];
   __shared__ __align__(8) uint64_t full[ST], empty[ST], q_full[QB], q_empty[QB];
   T* sQ0 = reinterpret_cast<T*>(aligned_smem<Cfg>(smem_raw));  // QB buffers of kQStride
   T* sK = sQ0 + QB * Cfg::kQStride;
@@ -663,7 +670,8 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
   const int tid = threadIdx.x, wg = tid / 128;
   if (tid == 0) {
     for (int b = 0; b < QB; ++b) {
-      mbar_init(&q_full[b], 128);        // every producer thread's Q copies
+      mbar_init(&q_full[b], 128 + 1);    // every producer thread's Q copies, and
+                                         // thread 0's store of the item's rows
       mbar_init(&q_empty[b], 4 * NC);    // every consumer warp's epilogue
     }
   }
@@ -688,32 +696,51 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
     };
     fetch();
     for (int k = 0; item < items; ++k) {
-      int j, n;
-      long long start;
+      const Item it = item_at(a, tiles_per_seq, item, BM);
+      const int j = it.place.head;
+      // The rows of this item's chunk that no item owns (residues without
+      // CTAs): written once the item's tiles are queued, while the consumers
+      // work through the ring (a kernel of their own cost head-group passes
+      // 5-8%).
+      auto unowned = [&]() {
+        int first, end;
+        if (unowned_span(it.g, BM, it.n, it.place.tile, &first, &end))
+          forward_unowned_rows<T, D, 128>(a, it.g, it.start, first, end, j, tid);
+      };
       OwnRows own;
-      if (item_rows(a, tiles_per_seq, item, BM, &j, &start, &n, &own)) {
-        TileStream stream(a, n, own, j, 1, 0, BN, start);
+      if (!own_rows(it.g, BM, it.n, it.place.tile, &own)) {
+        unowned();
+      } else {
+        TileStream stream(a, it.n, own, j, 1, 0, BN, it.start);
         if (!stream.more) {
-          forward_empty_rows<T, D, 128>(a, start, own, j, tid);
+          forward_empty_rows<T, D, 128>(a, it.start, own, j, tid);
+          unowned();
         } else {
           const int buf = loaded % QB;
           if (loaded >= QB) mbar_wait(&q_empty[buf], (loaded / QB - 1) & 1);
           ++loaded;
           const long long q_stride = (long long)own.L * a.h * D;
-          const long long q_first = ((start + own.p0) * a.h + j) * D;
+          const long long q_first = ((it.start + own.p0) * a.h + j) * D;
           Mm::template load<BM, 128>(sQ0 + buf * Cfg::kQStride,
                                      static_cast<const T*>(a.q) + q_first, q_stride, own.nrows,
                                      tid);
           cp_async_mbar_arrive(&q_full[buf]);
+          if (tid == 0) {
+            item_j[buf] = j;
+            item_start[buf] = it.start;
+            item_own[buf] = own;
+            mbar_arrive(&q_full[buf]);  // (releases the stores)
+          }
           const int gkv = j / (a.h / a.h_kv);
           push_tiles<ST, false>(
-              stream, item, ring, tags, full, empty, tid, issued, [&](const TileDesc& d, int slot) {
+              stream, ring, lasts, full, empty, tid, issued, [&](const TileDesc& d, int slot) {
                 return load_tile<T, D, BN>(maps, d, gkv, sK + slot * kTile, sV + slot * kTile,
                                            &full[slot], tid, [&]() {
                                              load_kv<T, D, Mm, BN, 128>(a, d, slot, gkv, sK, sV,
                                                                         tid);
                                            });
               });
+          unowned();
           if constexpr (QB == 1) break;  // one item a CTA
         }
       }
@@ -746,17 +773,15 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
   int i = 0;  // ring position
   wait_full(full, 0, 0);
   TileDesc d = ring[0];
-  long long tag = tags[0];
+  int last = lasts[0];
   for (int q = 0; d.valid >= 0; ++q) {
-    const long long item = tag / 2;
-    int j, n;
-    long long start;
-    OwnRows own;
-    item_rows(a, tiles_per_seq, item, BM, &j, &start, &n, &own);
     const int buf = q % QB;
     T* sQ = sQ0 + buf * Cfg::kQStride;
     mbar_wait(&q_full[buf], (q / QB) & 1);
     fence_proxy_async();
+    // Read where used (the consumers' registers are short): the producer
+    // rewrites them only after this item's q_empty.
+    const OwnRows& own = item_own[buf];
     float acc[D / 8][4];
     zero(acc);
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
@@ -775,11 +800,11 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
     idx.update(d, own, row0);
     softmax_scores<BN>(a, d, idx.di0, idx.di1, lane, s, m_run, l_run, alpha);
     Mm::template pack_p<BN>(s, af);
-    while (tag % 2 == 0) {  // not the item's last tile
+    while (!last) {
       const int slot = ++i % ST;
       wait_full(full, slot, (i / ST) & 1);
       d = ring[slot];
-      tag = tags[slot];
+      last = lasts[slot];
       // S_i = Q K_i^T and O += P_{i-1} V_{i-1} in one turn. (Waiting for S_i
       // alone and running the softmax under the second product measured 6%
       // slower at d = 64 and spills at d = 128: P_{i-1}, S_i and O live at once.)
@@ -812,11 +837,14 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
     // of all consumers here, with staging rows that crossed theirs, kept the
     // tensor cores idle at every item's end.)
     named_sync(3 + NC + cg, 128);
-    forward_epilogue<T, D>(a, acc, m_run, l_run,
-                           SwizzledStage<T, BM>{smem_u32(sQ), cw * 16},
-                           start, own,
-                           ((start + own.p0) * a.h + j) * D, (long long)own.L * a.h * D, j, cw,
-                           lane);
+    {
+      const int j = item_j[buf];
+      const long long start = item_start[buf];
+      const OwnRows rows = own;
+      forward_epilogue<T, D>(a, acc, m_run, l_run, SwizzledStage<T, BM>{smem_u32(sQ), cw * 16},
+                             start, rows, ((start + rows.p0) * a.h + j) * D,
+                             (long long)rows.L * a.h * D, j, cw, lane);
+    }
     if constexpr (QB == 1) {  // one item a CTA (Sm90Fwd::kQBuffers): it was the last
       if (PINGPONG && cg == 0) named_sync(1, 256);
       break;
@@ -826,7 +854,7 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
     const int slot = ++i % ST;
     wait_full(full, slot, (i / ST) & 1);
     d = ring[slot];
-    tag = tags[slot];
+    last = lasts[slot];
     if (PINGPONG && d.valid < 0 && cg == 0) named_sync(1, 256);  // the last hand-off
   }
 #else
@@ -853,7 +881,7 @@ cudaError_t launch_forward_ws_with(const KernelArgs& a, cudaStream_t stream) {
   // thread; were it fewer, the consumers would wait for registers forever, so
   // the one-role kernel runs instead (checked once per instantiation).
   static const int regs = compiled_regs(forward_ws_kernel<T, D, PINGPONG, NC>);
-  if (regs != Cfg::kLaunchRegs) return launch_forward_with<T, D, Sm90Mma<T, D>>(a, stream);
+  if (regs != Cfg::kLaunchRegs) return launch_forward_zeroed<T, D, Sm90Mma<T, D>>(a, stream);
   const int tiles = max_tiles(a, Cfg::kBM, false);
   const long long items = (long long)tiles * a.batch * a.h;
   if (items == 0) return cudaSuccess;

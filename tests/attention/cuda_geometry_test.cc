@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <algorithm>
 #include <random>
 #include <string>
 #include <vector>
@@ -62,10 +63,18 @@ Walk KernelPairs(const da_cuda::KernelArgs& a, int n, int rows, int bn, int kv_s
     if (out.failures++ < 5) ADD_FAILURE() << what;
   };
   for (int s = 0; s < sets; s++) {
-    std::vector<int> owned(n, 0);
+    std::vector<int> owned(n, 0), zeroed(n, 0);
     const da_cuda::RowGeometry g = da_cuda::cta_geometry(a, s * group, group, rows);
     const int tiles = da_cuda::tiles_for(g, rows, n);
     for (int tile = 0; tile < tiles; tile++) {
+      int first, end;
+      if (da_cuda::unowned_span(g, rows, n, tile, &first, &end)) {
+        if (first < 0 || end > n || first % g.L != 0)
+          fail("CTA " + std::to_string(tile) + " zeroes [" + std::to_string(first) + ", " +
+               std::to_string(end) + ")");
+        for (int p = std::max(first, 0); p < std::min(end, n); p++)
+          if (!da_cuda::residue_selected(g, p)) zeroed[p]++;
+      }
       da_cuda::OwnRows own;
       if (!da_cuda::own_rows(g, rows, n, tile, &own)) continue;
       if (own.nrows < 1 || own.nrows > rows || own.p0 < 0 ||
@@ -100,12 +109,17 @@ Walk KernelPairs(const da_cuda::KernelArgs& a, int n, int rows, int bn, int kv_s
       }
     }
     // Positions of a residue no pattern of the set selects get no CTA (their
-    // zeros come from zero_unselected_kernel); the pair counts above then show
-    // that no pattern selected them after all.
-    for (int p = 0; p < n; p++)
+    // zeros come from zero_unselected_kernel, or in the Hopper forward from the
+    // CTA whose unowned_span holds them); the pair counts above then show that
+    // no pattern selected them after all.
+    for (int p = 0; p < n; p++) {
       if (owned[p] != (da_cuda::residue_selected(g, p) ? 1 : 0))
         fail("position " + std::to_string(p) + " of head set " + std::to_string(s) + " is owned " +
              std::to_string(owned[p]) + " times");
+      if (zeroed[p] != (da_cuda::residue_selected(g, p) ? 0 : 1))
+        fail("position " + std::to_string(p) + " of head set " + std::to_string(s) +
+             " is in the unowned span of " + std::to_string(zeroed[p]) + " CTAs");
+    }
   }
   return out;
 }
