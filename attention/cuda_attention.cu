@@ -301,11 +301,11 @@ DA_API da_status da_attention_forward_cuda(const da_attention_params* params,
   a.lse = lse;
   // The persistent Hopper forward's work counter: 4 bytes of the pool, zeroed on
   // the stream (a counter of its own per call, so calls on different streams
-  // never share one). Only the warp-specialized d = 64 forward loops over items
-  // (Sm90Fwd::kQBuffers: d = 128 has no room for a second Q buffer).
+  // never share one). Only the warp-specialized forward (d = 64 and 128) loops
+  // over items.
   da_mempool* pool = nullptr;
   void* counter = nullptr;
-  if (a.use_wgmma && a.d == 64 && a.fwd_variant != 2 && fwd_persistent()) {
+  if (a.use_wgmma && (a.d == 64 || a.d == 128) && a.fwd_variant != 2 && fwd_persistent()) {
     if ((st = da_mempool_default(p.device, &pool)) != DA_STATUS_SUCCESS)
       return release(&p, stream, st);
     if ((st = da_mempool_allocate(pool, sizeof(unsigned), stream, &counter)) !=

@@ -517,13 +517,14 @@ __device__ __forceinline__ int ring_slot(uint64_t* empty, int issued) {
 // consumers. (It used to wait for tile i's copies before signalling it, after
 // issuing tile i + 1: at d = 128, with three slots, that kept the consumers
 // waiting for tiles that had landed.) `issued` counts the descriptors pushed so
-// far, across items. (One loop for tiles and end: written as two, the dK/dV
-// producer at d = 128 spilled 382 bytes instead of 312.)
+// far, across items; without END, at most `cap` tiles are pushed. (One loop for
+// tiles and end: written as two, the dK/dV producer at d = 128 spilled 382
+// bytes instead of 312.)
 template <int ST, bool END, class Load>
 __device__ __forceinline__ void push_tiles(TileStream& stream, TileDesc* ring, int* lasts,
                                            uint64_t* full, uint64_t* empty, int tid, int& issued,
-                                           Load&& load) {
-  for (;;) {
+                                           Load&& load, int cap = 0x7fffffff) {
+  for (int pushed = 0; END || pushed < cap; ++pushed) {
     const int slot = ring_slot<ST>(empty, issued);
     TileDesc d;
     const bool more = stream.next(&d);
@@ -605,8 +606,9 @@ struct Sm90Fwd {
   // Q buffers. With two, a persistent CTA loads the next work item's Q (and
   // streams its first tiles) while its consumers finish the current item and
   // write its output, staged in the item's own Q rows (SwizzledStage). d = 128
-  // has no room for two beside its three slots, so its CTAs take one work item
-  // each (launch_forward_ws_with).
+  // has no room for two beside its three slots: its producer streams the next
+  // item's first tiles and prefetches its Q rows into L2 meanwhile, and loads
+  // Q once the output is written.
   static constexpr int kRingBytes = 2 * kStages * tile_elems(kBN) * (int)sizeof(T);
   static constexpr int kQBufBytes = tile_elems(kBM) * (int)sizeof(T);
   static_assert(kQBufBytes % 1024 == 0, "Q buffers on the swizzle's 1024 bytes");
@@ -717,10 +719,36 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
           unowned();
         } else {
           const int buf = loaded % QB;
-          if (loaded >= QB) mbar_wait(&q_empty[buf], (loaded / QB - 1) & 1);
-          ++loaded;
           const long long q_stride = (long long)own.L * a.h * D;
           const long long q_first = ((it.start + own.p0) * a.h + j) * D;
+          const int gkv = j / (a.h / a.h_kv);
+          auto push = [&](int cap) {
+            push_tiles<ST, false>(
+                stream, ring, lasts, full, empty, tid, issued,
+                [&](const TileDesc& d, int slot) {
+                  return load_tile<T, D, BN>(maps, d, gkv, sK + slot * kTile, sV + slot * kTile,
+                                             &full[slot], tid, [&]() {
+                                               load_kv<T, D, Mm, BN, 128>(a, d, slot, gkv, sK,
+                                                                          sV, tid);
+                                             });
+                },
+                cap);
+          };
+          if (loaded >= QB) {
+            if constexpr (QB == 1) {
+              // One Q buffer (d = 128): its rows into L2 and the item's first
+              // tiles into the ring while the consumers finish the last item;
+              // Q itself once they have written its output (q_empty).
+              const T* q = static_cast<const T*>(a.q) + q_first;
+              if (tid < own.nrows)
+                for (int b = 0; b < D * (int)sizeof(T); b += 128)
+                  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(
+                      reinterpret_cast<const char*>(q + tid * q_stride) + b));
+              push(ST);
+            }
+            mbar_wait(&q_empty[buf], (loaded / QB - 1) & 1);
+          }
+          ++loaded;
           Mm::template load<BM, 128>(sQ0 + buf * Cfg::kQStride,
                                      static_cast<const T*>(a.q) + q_first, q_stride, own.nrows,
                                      tid);
@@ -731,17 +759,8 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
             item_own[buf] = own;
             mbar_arrive(&q_full[buf]);  // (releases the stores)
           }
-          const int gkv = j / (a.h / a.h_kv);
-          push_tiles<ST, false>(
-              stream, ring, lasts, full, empty, tid, issued, [&](const TileDesc& d, int slot) {
-                return load_tile<T, D, BN>(maps, d, gkv, sK + slot * kTile, sV + slot * kTile,
-                                           &full[slot], tid, [&]() {
-                                             load_kv<T, D, Mm, BN, 128>(a, d, slot, gkv, sK, sV,
-                                                                        tid);
-                                           });
-              });
+          if (stream.more) push(0x7fffffff);
           unowned();
-          if constexpr (QB == 1) break;  // one item a CTA
         }
       }
       if (tid == 0) next_item[k & 1] = ahead;
@@ -845,10 +864,6 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
                              start, rows, ((start + rows.p0) * a.h + j) * D,
                              (long long)rows.L * a.h * D, j, cw, lane);
     }
-    if constexpr (QB == 1) {  // one item a CTA (Sm90Fwd::kQBuffers): it was the last
-      if (PINGPONG && cg == 0) named_sync(1, 256);
-      break;
-    }
     __syncwarp();
     if (lane == 0) mbar_arrive(&q_empty[buf]);
     const int slot = ++i % ST;
@@ -885,13 +900,12 @@ cudaError_t launch_forward_ws_with(const KernelArgs& a, cudaStream_t stream) {
   const int tiles = max_tiles(a, Cfg::kBM, false);
   const long long items = (long long)tiles * a.batch * a.h;
   if (items == 0) return cudaSuccess;
-  // Persistent (one CTA an SM) where a CTA can take several items (two Q
-  // buffers) and the caller gave a work counter (KernelArgs::fwd_next); else
-  // one item a CTA.
+  // Persistent (one CTA an SM) where the caller gave a work counter
+  // (KernelArgs::fwd_next); else one item a CTA.
   long long ctas = items;
   KernelArgs one = a;  // the same with no work counter: one item a CTA
   one.fwd_next = nullptr;
-  if (Cfg::kQBuffers == 2 && a.fwd_next != nullptr && a.fwd_ctas > 0 && items > a.fwd_ctas)
+  if (a.fwd_next != nullptr && a.fwd_ctas > 0 && items > a.fwd_ctas)
     ctas = a.fwd_ctas;
   // (More than 2^31 items would take over 2^37 query rows and heads: no device
   // holds such tensors.)
