@@ -259,8 +259,10 @@ __device__ __forceinline__ void store_rows(const float (&acc)[D / 8][4], float m
   for (int c = lane; c < 16 * kChunks; c += 32) {
     int row = c / kChunks, ch = c % kChunks;
     if (row < valid) {
-      uint4* to = reinterpret_cast<uint4*>(dst + row * stride + ch * 8);  // (first: as before
-      *to = stage.get(row, ch * 8);  // the stages, so the backward's code did not change)
+      // The destination first, as before the stages existed: the other order
+      // changed the backward's code (and read 3-4% slower at d = 128).
+      uint4* to = reinterpret_cast<uint4*>(dst + row * stride + ch * 8);
+      *to = stage.get(row, ch * 8);
     }
   }
 }

@@ -643,7 +643,7 @@ __device__ __forceinline__ Item item_at(const KernelArgs& a, int tiles_per_seq, 
 // over items). The producer skips items past their sequence's end, writes the
 // output of items no unit selects itself (O = 0, LSE = -inf), and for the
 // others loads Q into the next Q buffer and stores the item's rows beside it
-// (q_full) once the consumers have written the output staged there two items
+// (q_full) once the consumers have written the output staged there QB items
 // before (q_empty), then pushes the item's tiles into the ring; so the ring runs
 // on across items. The consumers follow the ring: a tile of a new item starts
 // it (its rows read beside its Q buffer: decoding the item in every consumer

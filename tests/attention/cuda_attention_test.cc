@@ -537,10 +537,11 @@ TEST(CudaAttentionSmall, PortableKernelsMatchCpuOnChosenCases) {
 // three and 64-key tiles, whichever the case would not pick by itself),
 // DA_CUDA_PERSISTENT=0 (the forward with one CTA a work item) and
 // DA_CUDA_FWD_CTAS=3 (the persistent forward on three CTAs, so each takes many
-// work items, empty ones and ragged ones among them, across its two Q
-// buffers; with one CTA an SM the small cases have too few items) and
-// DA_CUDA_COMPACT=0 (CTAs for every residue, none left to zero_unselected_kernel;
-// the default path leaves them). On
+// work items, empty ones and ragged ones among them, across its Q buffers:
+// two at d = 64, one at d = 128; with one CTA an SM the small cases have too
+// few items) and DA_CUDA_COMPACT=0 (CTAs for every residue, no rows left to
+// zero; the default path leaves them to the Hopper forward's producer and
+// zero_unselected_kernel). On
 // other GPUs the variables are ignored and these repeat the portable path.
 TEST(CudaAttentionSmall, OtherHopperKernelsMatchCpuOnChosenCases) {
   REQUIRE_GPU();
