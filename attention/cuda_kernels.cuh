@@ -193,9 +193,9 @@ __device__ __forceinline__ void zero(float (&x)[N][4]) {
 }
 
 // Where a warp stages its 16 output rows (put: two elements at row, column
-// col + c, col a multiple of 8; get: the 16-byte chunk at row, col): rows of D + 8 elements from `p` (bank-conflict
-// free without a swizzle), or (SwizzledStage) the warp's own rows of a tile in
-// Sm90Mma's layout.
+// col + c, col a multiple of 8; get: the 16-byte chunk at row, col): rows of
+// D + 8 elements from `p` (bank-conflict free without a swizzle), or
+// (SwizzledStage) the warp's own rows of a tile in Sm90Mma's layout.
 template <typename T, int D>
 struct PaddedStage {
   T* p;
@@ -213,7 +213,9 @@ struct PaddedStage {
 // stage its output in its own Q rows once its warpgroup's products have read
 // them; store_rows' accesses touch each bank once here too. Shared-window
 // addresses: as generic pointers the swizzled addresses took a register pair
-// each, and the d = 64 forward spilled.
+// each, and the d = 64 forward spilled. The volatile moves keep the compiler
+// from computing the thread's swizzled addresses once, before the kernel's
+// item loop, and holding them through it (28 bytes more spills at d = 64).
 template <typename T, int ROWS>
 struct SwizzledStage {
   static_assert(sizeof(T) == 2, "64 elements a 128-byte row");
@@ -222,7 +224,9 @@ struct SwizzledStage {
   __device__ __forceinline__ uint32_t addr(int row, int col) const {
     uint32_t t;
     int fr;
-    asm volatile("mov.b32 %0, %2;\n mov.b32 %1, %3;\n" : "=r"(t), "=r"(fr) : "r"(tile), "r"(first_row));
+    asm volatile("mov.b32 %0, %2;\n mov.b32 %1, %3;\n"
+                 : "=r"(t), "=r"(fr)
+                 : "r"(tile), "r"(first_row));
     const int x = fr + row;
     return t + (uint32_t)((col / 64) * ROWS * 128 + x * 128) +
            (uint32_t)(((col % 64) * 2) ^ ((x % 8) * 16));
@@ -587,7 +591,8 @@ __device__ __forceinline__ void softmax_rescale(float (&acc)[D / 8][4], const fl
 template <typename T, int D, class Stage>
 __device__ __forceinline__ void forward_epilogue(const KernelArgs& a, const float (&acc)[D / 8][4],
                                                  const float (&m_run)[2], const float (&l_run)[2],
-                                                 const Stage& stage, long long start, const OwnRows& own,
+                                                 const Stage& stage, long long start,
+                                                 const OwnRows& own,
                                                  long long q_first, long long q_stride, int j,
                                                  int warp, int lane) {
   float inv[2], lse[2];
@@ -651,8 +656,8 @@ __global__ void __launch_bounds__(kFwdRows * 2, Mm::kMinBlocks)
         Mm::template pv<BN>(acc, s, sV + slot * Mm::tile_elems(BN), warp, lane);
       });
 
-  forward_epilogue<T, D>(a, acc, m_run, l_run, PaddedStage<T, D>{sQ + warp * 16 * S}, start, own, q_first, q_stride, j,
-                         warp, lane);
+  forward_epilogue<T, D>(a, acc, m_run, l_run, PaddedStage<T, D>{sQ + warp * 16 * S}, start, own,
+                         q_first, q_stride, j, warp, lane);
 }
 
 // ------------------------------------------------------------- backward -----

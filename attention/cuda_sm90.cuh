@@ -509,12 +509,12 @@ __device__ __forceinline__ int ring_slot(uint64_t* empty, int issued) {
 // TileStream: for each tile it waits for a ring slot to be empty, enqueues the
 // tile's copies (load(desc, slot), which returns the bytes thread 0's TMA
 // copies will deliver) and its descriptor, flagged in `lasts` (when not NULL)
-// on the stream's last tile; with END, the descriptor after the last tile (valid = -1) ends
-// the ring, and every copy this thread issued has landed when it returns (none
-// outlives its thread). The copies signal the slot full themselves when they
-// land (cp.async.mbarrier.arrive, TMA's transaction count), so the producer
-// never waits for its own loads and runs up to ST tiles ahead of the
-// consumers. (It used to wait for tile i's copies before signalling it, after
+// on the stream's last tile; with END, the descriptor after the last tile
+// (valid = -1) ends the ring, and every copy this thread issued has landed
+// when it returns (none outlives its thread). The copies signal the slot full
+// themselves when they land (cp.async.mbarrier.arrive, TMA's transaction
+// count), so the producer never waits for its own loads and runs up to ST
+// tiles ahead of the consumers. (It used to wait for tile i's copies before signalling it, after
 // issuing tile i + 1: at d = 128, with three slots, that kept the consumers
 // waiting for tiles that had landed.) `issued` counts the descriptors pushed so
 // far, across items; without END, at most `cap` tiles are pushed. (One loop for
@@ -703,7 +703,8 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
       // The rows of this item's chunk that no item owns (residues without
       // CTAs): written once the item's tiles are queued, while the consumers
       // work through the ring (a kernel of their own cost head-group passes
-      // 5-8%).
+      // 5-8%; spreading them over all items, or over the next item's tiles,
+      // measured slower: docs/BENCHMARKS.md, sixth session).
       auto unowned = [&]() {
         int first, end;
         if (unowned_span(it.g, BM, it.n, it.place.tile, &first, &end))
