@@ -105,18 +105,19 @@ int compact_rows() {
   return !(env != nullptr && env[0] == '0');
 }
 
-// Whether the Hopper forward runs persistent CTAs (one an SM, each looping over
-// work items, the next item's loads under the current one's epilogue): default
-// 1, DA_CUDA_PERSISTENT=0 for one CTA a work item (comparisons, and the tests).
-int fwd_persistent() {
+// Whether the Hopper forward and backward run persistent CTAs (one an SM, each
+// looping over work items, the next item's loads under the current one's
+// epilogue): default 1, DA_CUDA_PERSISTENT=0 for one CTA a work item
+// (comparisons, and the tests).
+int persistent() {
   const char* env = getenv("DA_CUDA_PERSISTENT");
   return !(env != nullptr && env[0] == '0');
 }
 
-// The persistent forward's CTAs: one a multiprocessor, or DA_CUDA_FWD_CTAS (>= 1;
+// The persistent kernels' CTAs: one a multiprocessor, or DA_CUDA_CTAS (>= 1;
 // the tests use a few, so that every CTA takes many work items).
-da_status fwd_ctas(int device, int* ctas) {
-  const char* env = getenv("DA_CUDA_FWD_CTAS");
+da_status persistent_ctas(int device, int* ctas) {
+  const char* env = getenv("DA_CUDA_CTAS");
   if (env != nullptr && atoi(env) >= 1) {
     *ctas = atoi(env);
     return DA_STATUS_SUCCESS;
@@ -179,7 +180,7 @@ da_status prepare(const da_attention_params* params, const da_attention_batch* b
   a.fwd_variant = fwd_variant();
   a.bwd_variant = bwd_variant();
   a.use_tma = use_tma();
-  if ((st = fwd_ctas(out->device, &a.fwd_ctas)) != DA_STATUS_SUCCESS) return st;
+  if ((st = persistent_ctas(out->device, &a.persistent_ctas)) != DA_STATUS_SUCCESS) return st;
   int w_max = 0;
   for (int i = 0; i < plan.num_patterns; ++i) w_max = plan.w[i] > w_max ? plan.w[i] : w_max;
   if (plan.h > 65535 || plan.h_kv > 65535)
@@ -305,7 +306,7 @@ DA_API da_status da_attention_forward_cuda(const da_attention_params* params,
   // over items.
   da_mempool* pool = nullptr;
   void* counter = nullptr;
-  if (a.use_wgmma && (a.d == 64 || a.d == 128) && a.fwd_variant != 2 && fwd_persistent()) {
+  if (a.use_wgmma && (a.d == 64 || a.d == 128) && a.fwd_variant != 2 && persistent()) {
     if ((st = da_mempool_default(p.device, &pool)) != DA_STATUS_SUCCESS)
       return release(&p, stream, st);
     if ((st = da_mempool_allocate(pool, sizeof(unsigned), stream, &counter)) !=
@@ -351,12 +352,24 @@ DA_API da_status da_attention_backward_cuda(const da_attention_params* params,
   Tensor outs[] = {{dq, "dq", qb}, {dk, "dk", kb}, {dv, "dv", kb}};
   st = check_tensors(in, 6, outs, 3, p.device);
   if (st != DA_STATUS_SUCCESS) return release(&p, stream, st);
+  // One pool block: delta (the rows' dO . O), then the persistent Hopper
+  // backward's two work counters (zeroed on the stream; only the
+  // warp-specialized kernels, d = 64 and 128, loop over items).
+  const bool counters = a.use_wgmma && (a.d == 64 || a.d == 128) && a.bwd_variant == 0 &&
+                        persistent();
+  const size_t counters_at = (lb + 15) / 16 * 16;
+  const size_t block = counters ? counters_at + 2 * sizeof(unsigned) : (lb > 0 ? lb : 4);
   da_mempool* pool = nullptr;
   void* delta = nullptr;
   if ((st = da_mempool_default(p.device, &pool)) != DA_STATUS_SUCCESS)
     return release(&p, stream, st);
-  if ((st = da_mempool_allocate(pool, lb > 0 ? lb : 4, stream, &delta)) != DA_STATUS_SUCCESS)
+  if ((st = da_mempool_allocate(pool, block, stream, &delta)) != DA_STATUS_SUCCESS)
     return release(&p, stream, st);
+  if (counters) {
+    a.bwd_next = reinterpret_cast<unsigned*>(static_cast<char*>(delta) + counters_at);
+    cudaError_t me = cudaMemsetAsync(a.bwd_next, 0, 2 * sizeof(unsigned), stream);
+    if (me != cudaSuccess) st = cuda_failure(me, "cudaMemsetAsync(work counters)");
+  }
   a.q = q;
   a.k = k;
   a.v = v;
@@ -367,9 +380,11 @@ DA_API da_status da_attention_backward_cuda(const da_attention_params* params,
   a.dq = dq;
   a.dk = dk;
   a.dv = dv;
-  cudaError_t ce = dtype == DA_DTYPE_BF16 ? da_cuda::launch_backward_bf16(a, stream)
-                                          : da_cuda::launch_backward_f16(a, stream);
-  if (ce != cudaSuccess) st = cuda_failure(ce, "the backward kernel launch");
+  if (st == DA_STATUS_SUCCESS) {
+    cudaError_t ce = dtype == DA_DTYPE_BF16 ? da_cuda::launch_backward_bf16(a, stream)
+                                            : da_cuda::launch_backward_f16(a, stream);
+    if (ce != cudaSuccess) st = cuda_failure(ce, "the backward kernel launch");
+  }
   da_status fs = da_mempool_free(pool, delta, stream);
   if (st == DA_STATUS_SUCCESS) st = fs;
   return release(&p, stream, st);

@@ -397,28 +397,38 @@ __device__ __forceinline__ void forward_empty_rows(const KernelArgs& a, long lon
       a.lse[(start + own.p0 + (long long)own.L * t) * a.h + j] = -INFINITY;
 }
 
-// The forward's output for the rows of [first, end) (sequence-relative, first a
-// multiple of g.L: unowned_span) whose residue has no CTAs: O = 0, LSE = -inf,
-// for query head j. Residue by residue, a thread a 16-byte chunk at a fixed
-// column: a few instructions a store, so a Hopper forward producer can write
+// The rows of [first, end) (sequence-relative, first a multiple of g.L:
+// unowned_span) whose residue has no CTAs, for head `head` of tensors
+// [tokens, heads, D] from sequence start `start`: zero in t0 and t1 (when not
+// NULL), -inf in lse (when not NULL): the forward's O and LSE, or the
+// backward's dQ, or dK and dV. Residue by residue, a thread a 16-byte chunk at
+// a fixed column: a few instructions a store, so a Hopper producer can write
 // them beside its loads.
 template <typename T, int D, int NT>
-__device__ __forceinline__ void forward_unowned_rows(const KernelArgs& a, const RowGeometry& g,
-                                                     long long start, int first, int end, int j,
-                                                     int tid) {
+__device__ __forceinline__ void zero_unowned_rows(const RowGeometry& g, void* const& t0,
+                                                  void* const& t1, float* const& lse,
+                                                  const int& heads, int head, long long start,
+                                                  int first, int end, int tid) {
+  // (t0, t1, lse and heads by reference: passed from the kernel parameters, they
+  // are read there where used, and the forward's code stayed as it was.)
   constexpr int kChunks = D * (int)sizeof(T) / 16, kRows = NT / kChunks;
   static_assert(NT % kChunks == 0, "whole rows a pass");
-  const long long row = (long long)a.h * D;  // elements from one position to the next
-  T* out = static_cast<T*>(a.out) + (start * a.h + j) * D + (tid % kChunks) * (16 / sizeof(T));
+  const long long row = (long long)heads * D;  // elements from one position to the next
+  T* out0 = static_cast<T*>(t0) + (start * heads + head) * D + (tid % kChunks) * (16 / sizeof(T));
   for (unsigned long long un = all_residues(g.L) & ~g.sel; un != 0; un &= un - 1) {
     const int rho = __ffsll((long long)un) - 1;
     const int p0 = first + rho + g.L * (tid / kChunks), step = g.L * kRows;
-    T* o = out + p0 * row;
+    T* o = out0 + p0 * row;
     for (int p = p0; p < end; p += step, o += step * row)
       *reinterpret_cast<uint4*>(o) = make_uint4(0u, 0u, 0u, 0u);
-    if (a.lse != nullptr)
+    if (t1 != nullptr) {
+      o = static_cast<T*>(t1) + (out0 - static_cast<T*>(t0)) + p0 * row;
+      for (int p = p0; p < end; p += step, o += step * row)
+        *reinterpret_cast<uint4*>(o) = make_uint4(0u, 0u, 0u, 0u);
+    }
+    if (lse != nullptr)
       for (int p = first + rho + g.L * tid; p < end; p += g.L * NT)
-        a.lse[(start + p) * a.h + j] = -INFINITY;
+        lse[(start + p) * heads + head] = -INFINITY;
   }
 }
 
@@ -1084,21 +1094,33 @@ cudaError_t launch_backward_with(const KernelArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// The warp-specialized Hopper backward (cuda_sm90.cuh).
+// The backward's rows of residues without CTAs: dQ, dK, dV = 0.
+template <typename T, int D>
+cudaError_t launch_backward_unselected(const KernelArgs& a, cudaStream_t stream) {
+  cudaError_t e = launch_zero_unselected<T, D>(a, false, a.dq, nullptr, nullptr, stream);
+  return e != cudaSuccess ? e : launch_zero_unselected<T, D>(a, true, a.dk, a.dv, nullptr, stream);
+}
+
+// The one-role backward kernels, after the rows of residues without CTAs.
+template <typename T, int D, class Mm>
+cudaError_t launch_backward_zeroed(const KernelArgs& a, cudaStream_t stream) {
+  const cudaError_t e = launch_backward_unselected<T, D>(a, stream);
+  return e != cudaSuccess ? e : launch_backward_with<T, D, Mm>(a, stream);
+}
+
+// The warp-specialized Hopper backward (cuda_sm90.cuh; it writes the rows of
+// residues without CTAs itself).
 template <typename T, int D>
 cudaError_t launch_backward_ws(const KernelArgs& a, cudaStream_t stream);
 
 template <typename T, int D>
 cudaError_t launch_backward(const KernelArgs& a, cudaStream_t stream) {
-  cudaError_t e = launch_zero_unselected<T, D>(a, false, a.dq, nullptr, nullptr, stream);
-  if (e == cudaSuccess) e = launch_zero_unselected<T, D>(a, true, a.dk, a.dv, nullptr, stream);
-  if (e != cudaSuccess) return e;
   if constexpr (D == 64 || D == 128) {
     if (a.use_wgmma)
       return a.bwd_variant == 0 ? launch_backward_ws<T, D>(a, stream)
-                                : launch_backward_with<T, D, Sm90Mma<T, D>>(a, stream);
+                                : launch_backward_zeroed<T, D, Sm90Mma<T, D>>(a, stream);
   }
-  return launch_backward_with<T, D, SyncMma<T, D>>(a, stream);
+  return launch_backward_zeroed<T, D, SyncMma<T, D>>(a, stream);
 }
 
 template <typename T, int D>

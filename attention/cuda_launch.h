@@ -21,8 +21,9 @@ namespace da_cuda {
 // select (bit rho), so CTAs are made only for rows of those residues. A pattern
 // (w, r, offset o) with w % r == 0 selects positions = o (mod r) only; any other
 // pattern, or a G that is not a multiple of L, makes every residue count. The
-// rows of the other residues are zero (O, dQ, dK, dV; LSE -inf), written by
-// zero_unselected_kernel (cuda_kernels.cuh). Head-group mode: a head of dilation
+// rows of the other residues are zero (O, dQ, dK, dV; LSE -inf), written by the
+// Hopper kernels' producers (zero_unowned_rows) or, before the other kernels,
+// by zero_unselected_kernel (cuda_kernels.cuh). Head-group mode: a head of dilation
 // r gets 1 / r of the CTAs it would get with every residue.
 struct HeadGeometry {
   int L;
@@ -68,8 +69,10 @@ struct KernelArgs {
                        // 0: for every residue (DA_CUDA_COMPACT=0, comparisons)
   unsigned* fwd_next;  // the persistent Hopper forward's work counter, zero at launch
                        // (a pool block), or NULL: one CTA a work item
-  int fwd_ctas;        // CTAs of the persistent forward: the device's multiprocessors,
-                       // or DA_CUDA_FWD_CTAS (the tests give CTAs many items)
+  unsigned* bwd_next;  // the persistent Hopper backward's two ([0] dK/dV, [1] dQ),
+                       // likewise
+  int persistent_ctas; // CTAs of the persistent kernels: the device's multiprocessors,
+                       // or DA_CUDA_CTAS (the tests give CTAs many items)
   int w[DA_MAX_PATTERNS];
   int r[DA_MAX_PATTERNS];
 

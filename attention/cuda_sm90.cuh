@@ -629,14 +629,45 @@ struct Item {
   RowGeometry g;
 };
 
+// (count: the query heads of a head set; place.head numbers the sets, so the
+// dK/dV items of kv head g cover query heads [g * count, (g + 1) * count).)
 __device__ __forceinline__ Item item_at(const KernelArgs& a, int tiles_per_seq, long long item,
-                                        int rows) {
+                                        int rows, int count = 1) {
   Item it;
   it.place = item_place(item, tiles_per_seq, a.batch);
   sequence_of(a, it.place.seq, &it.start, &it.n);
-  it.g = cta_geometry(a, it.place.head, 1, rows);
+  it.g = cta_geometry(a, it.place.head * count, count, rows);
   return it;
 }
+
+// The work items of a persistent CTA's producer warpgroup: blockIdx.x first,
+// then from the work counter (one atomicAdd an item, issued an item ahead by
+// thread 0 and handed to the warpgroup through two shared slots), so CTAs that
+// drew cheap items (empty ones, short causal ones) take more: a fixed stride
+// of gridDim.x measured 10% slower in head-group mode, where (before the
+// compact grid) whether an item had work followed its tile's residue mod r, and
+// 132 CTAs a stride put all of a head's work on the CTAs of one residue mod 4.
+// Without a counter (one CTA an item) the stride of gridDim.x ends the loop.
+struct WorkItems {
+  unsigned* const& counter;  // (read at each fetch, as the forward's code always did)
+  long long* slots;          // two, in shared memory
+  long long item = blockIdx.x, ahead = 0;
+  __device__ __forceinline__ WorkItems(unsigned* const& c, long long* s) : counter(c), slots(s) {
+    fetch();
+  }
+  __device__ __forceinline__ void fetch() {
+    if (threadIdx.x == 0)
+      ahead = counter != nullptr ? (long long)gridDim.x + atomicAdd(counter, 1u) : item + gridDim.x;
+  }
+  // The item after the k-th, once the warpgroup (named barrier `bar`, 128
+  // threads) is done with the k-th.
+  __device__ __forceinline__ void advance(int bar, int k) {
+    if (threadIdx.x == 0) slots[k & 1] = ahead;
+    named_sync(bar, 128);
+    item = slots[k & 1];
+    fetch();
+  }
+};
 
 // The warp-specialized Hopper forward over work items blockIdx.x, blockIdx.x +
 // gridDim.x, ... < items (one item a CTA, or persistent: one CTA an SM looping
@@ -682,23 +713,10 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
   if (wg == 0) {  // producer
     setmaxnreg_dec<Cfg::kProducerRegs>();
     int issued = 0, loaded = 0;
-    // A persistent CTA's items after its first come from the work counter (one
-    // atomicAdd an item, issued an item ahead by thread 0 and handed to the
-    // warpgroup through next_item), so CTAs that drew cheap items (empty ones,
-    // short causal ones) take more: a fixed stride of gridDim.x measured 10%
-    // slower in head-group mode, where (before the compact grid) whether an
-    // item had work followed its tile's residue mod r, and 132 CTAs a stride
-    // put all of a head's work on the CTAs of one residue mod 4.
     __shared__ long long next_item[2];
-    long long item = blockIdx.x, ahead = 0;
-    auto fetch = [&]() {
-      if (tid == 0)
-        ahead = a.fwd_next != nullptr ? (long long)gridDim.x + atomicAdd(a.fwd_next, 1u)
-                                      : item + gridDim.x;
-    };
-    fetch();
-    for (int k = 0; item < items; ++k) {
-      const Item it = item_at(a, tiles_per_seq, item, BM);
+    WorkItems work(a.fwd_next, next_item);
+    for (int k = 0; work.item < items; ++k) {
+      const Item it = item_at(a, tiles_per_seq, work.item, BM);
       const int j = it.place.head;
       // The rows of this item's chunk that no item owns (residues without
       // CTAs): written once the item's tiles are queued, while the consumers
@@ -708,7 +726,8 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
       auto unowned = [&]() {
         int first, end;
         if (unowned_span(it.g, BM, it.n, it.place.tile, &first, &end))
-          forward_unowned_rows<T, D, 128>(a, it.g, it.start, first, end, j, tid);
+          zero_unowned_rows<T, D, 128>(it.g, a.out, nullptr, a.lse, a.h, j, it.start, first, end,
+                                       tid);
       };
       OwnRows own;
       if (!own_rows(it.g, BM, it.n, it.place.tile, &own)) {
@@ -764,10 +783,7 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
           unowned();
         }
       }
-      if (tid == 0) next_item[k & 1] = ahead;
-      named_sync(2 + NC, 128);  // the producer's warpgroup only
-      item = next_item[k & 1];
-      fetch();
+      work.advance(2 + NC, k);  // the producer's warpgroup only
     }
     push_end<ST>(ring, full, empty, tid, issued);
     return;
@@ -906,8 +922,8 @@ cudaError_t launch_forward_ws_with(const KernelArgs& a, cudaStream_t stream) {
   long long ctas = items;
   KernelArgs one = a;  // the same with no work counter: one item a CTA
   one.fwd_next = nullptr;
-  if (a.fwd_next != nullptr && a.fwd_ctas > 0 && items > a.fwd_ctas)
-    ctas = a.fwd_ctas;
+  if (a.fwd_next != nullptr && a.persistent_ctas > 0 && items > a.persistent_ctas)
+    ctas = a.persistent_ctas;
   // (More than 2^31 items would take over 2^37 query rows and heads: no device
   // holds such tensors.)
   if (ctas > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
@@ -931,15 +947,26 @@ cudaError_t launch_forward_ws(const KernelArgs& a, cudaStream_t stream) {
 // ------------------------------------------ warp-specialized backward ----
 //
 // backward_ws_kernel: the Hopper dQ (KV_SIDE = false) and dK/dV (KV_SIDE = true)
-// passes, shaped like forward_ws_kernel. A producer warpgroup walks the
-// TileStream and loads the other side's dilated tiles into a ring (dQ: K and V;
-// dK/dV: Q, dO and their lse and delta); two consumer warpgroups of 64 own rows
-// each (128 per CTA, so each ring tile feeds twice the rows of the one-role
-// kernels) compute per tile the pair S, dP (or S^T, dP^T) in one wgmma batch,
-// the element step (dq_scores / dkdv_scores, shared with the one-role kernels)
-// and the products into their accumulators, then release the slot. The two
-// consumers run out of step, so one's element step overlaps the other's
-// products, and neither issues a load or waits on a CTA-wide barrier.
+// passes, shaped like forward_ws_kernel and, at d = 64, persistent like it (one
+// CTA an SM looping over work items, from a work counter). A producer warpgroup
+// loads an item's own rows (dQ: Q and dO of a query head; dK/dV: K and V of a
+// kv head) into an own-row buffer, stores the item's rows beside it, then walks
+// the TileStream and loads the other side's dilated tiles into a ring (dQ: K
+// and V; dK/dV: Q, dO and their lse and delta) that runs on across items. Two
+// consumer warpgroups of 64 own rows each (128 per item, so each ring tile
+// feeds twice the rows of the one-role kernels) compute per tile the pair S, dP
+// (or S^T, dP^T) in one wgmma batch, the element step (dq_scores /
+// dkdv_scores, shared with the one-role kernels) and the products into their
+// accumulators, then release the slot; an item's last tile ends it (epilogue,
+// staged in the warp's own rows of the own-row buffer, then own_empty). The
+// two consumers run out of step, so one's element step overlaps the other's
+// products. Items with no tiles get their zeros from the producer, and so (at
+// d = 64, Sm90Bwd::kProducerZeros) do the rows of residues without items. With
+// two own-row buffers (d = 64) the producer loads the next item's rows while
+// the consumers finish the current one. d = 128 has room for one and runs one
+// item a CTA (Sm90Bwd::kPersistent; persistent, with the next item's first
+// tiles queued and its rows prefetched into L2 during the epilogue, it
+// measured 2-3% slower).
 template <typename T, int D>
 struct Sm90Bwd {
   static constexpr int kBM = kBwdWsRows;
@@ -971,132 +998,212 @@ struct Sm90Bwd {
   // measured 289 / 281 with DA_CUDA_TMA=0. So TMA helps dK/dV at d = 128, but
   // the code around it cost the consumers registers (dK/dV spills 320 -> 480
   // bytes) and that cost more; a producer of 40 registers spills more.
+  // Whether the producers write the rows of residues without items (else
+  // zero_unselected_kernel runs first): at d = 128 that code spilled them
+  // (dK/dV 332 -> 400 bytes, dQ 0 -> 20).
+  static constexpr bool kProducerZeros = D == 64;
+  // Persistent (one CTA an SM over the work items, with the work counters) at
+  // d = 64 only. H100, n = 128K, backward TFLOP/s against one CTA an item:
+  // d = 64 300 / 249 against 293 / 237 (LongNet / head-group); d = 128, with
+  // one own-row buffer, 360-363 / 303-305 against 370-372 / 305-309.
+  static constexpr bool kPersistent = D == 64;
   static constexpr int tile_elems(int rows) { return rows * D; }
-  // Own rows (two tiles), the ring (two tiles, lse and delta a slot), alignment.
-  // The epilogue stages 16 x (D + 8) per warp and output in the ring's tiles.
-  static constexpr int kRingElems = 2 * kStages * kBN * D;
-  static_assert(2 * kBM * (D + 8) <= kRingElems, "the epilogue's staging fits the ring");
-  static constexpr int smem_bytes() {
-    return (2 * tile_elems(kBM) + kRingElems) * (int)sizeof(T) + 2 * kStages * kBN * 4 + kAlign;
-  }
+  // An own-row buffer (two tiles of kBM rows); the ring (two tiles a slot, and
+  // the lse and delta of dK/dV's query rows).
+  static constexpr int kOwnStride = 2 * tile_elems(kBM);
+  static constexpr int kOwnBytes = kOwnStride * (int)sizeof(T);
+  static constexpr int kRingBytes = 2 * kStages * tile_elems(kBN) * (int)sizeof(T) +
+                                    2 * kStages * kBN * (int)sizeof(float);
+  static constexpr int kMaxSmem = 227 * 1024;
+  static constexpr int kOwnBuffers = 2 * kOwnBytes + kRingBytes + kAlign <= kMaxSmem ? 2 : 1;
+  static constexpr int smem_bytes() { return kOwnBuffers * kOwnBytes + kRingBytes + kAlign; }
+  static_assert(smem_bytes() <= kMaxSmem, "shared memory");
 };
 
 template <typename T, int D, bool KV_SIDE, bool PIPE, int PREGS>
 __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
-    backward_ws_kernel(const __grid_constant__ KernelArgs a, int tiles_per_seq) {
+    backward_ws_kernel(const __grid_constant__ KernelArgs a, int tiles_per_seq, long long items) {
 #ifdef DA_HAVE_WGMMA  // sm_90a only (mbarrier waits, setmaxnreg, wgmma)
   using Cfg = Sm90Bwd<T, D>;
   using Mm = Sm90Mma<T, D>;
-  constexpr int BM = Cfg::kBM, BN = Cfg::kBN, ST = Cfg::kStages, S = D + 8;
+  constexpr int BM = Cfg::kBM, BN = Cfg::kBN, ST = Cfg::kStages, QB = Cfg::kOwnBuffers;
   constexpr int kTile = Cfg::tile_elems(BN);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ TileDesc ring[ST];
-  __shared__ __align__(8) uint64_t full[ST], empty[ST];
-  // Own rows: sA = Q (dQ) or K (dK/dV), sB = dO or V. Ring slots: sX = K or Q,
-  // sY = V or dO, and (dK/dV) the query rows' lse and delta.
-  T* sA = reinterpret_cast<T*>(aligned_smem<Cfg>(smem_raw));
-  T* sB = sA + Cfg::tile_elems(BM);
-  T* sX = sB + Cfg::tile_elems(BM);
+  __shared__ int lasts[ST];  // whether each slot's tile is its item's last
+  // The rows of the item in each own-row buffer: head (query head for dQ, kv
+  // head for dK/dV), sequence start, rows.
+  __shared__ int item_head[QB];
+  __shared__ long long item_start[QB];
+  __shared__ OwnRows item_own[QB];
+  __shared__ __align__(8) uint64_t full[ST], empty[ST], own_full[QB], own_empty[QB];
+  // Own-row buffers: QB x (sA = Q (dQ) or K (dK/dV), sB = dO or V). Ring slots:
+  // sX = K or Q, sY = V or dO, and (dK/dV) the query rows' lse and delta.
+  T* sOwn = reinterpret_cast<T*>(aligned_smem<Cfg>(smem_raw));
+  T* sX = sOwn + QB * Cfg::kOwnStride;
   T* sY = sX + ST * kTile;
   float* sL = reinterpret_cast<float*>(sY + ST * kTile);
   float* sD = sL + ST * BN;
   const int tid = threadIdx.x, wg = tid / 128;
-  const int group = a.h / a.h_kv;
-  const int head = blockIdx.y;  // query head (dQ) or kv head (dK/dV)
-  const int head_first = KV_SIDE ? head * group : head, head_count = KV_SIDE ? group : 1;
-  long long start;
-  int n;
-  OwnRows own;
-  if (!cta_rows(a, tiles_per_seq, head_first, head_count, BM, &start, &n, &own)) return;
-  init_ring<ST>(full, empty, tid);
-  const int hs = KV_SIDE ? a.h_kv : a.h;
-  const long long own_stride = (long long)own.L * hs * D;
-  const long long own_first = ((start + own.p0) * hs + head) * D;
+  const int group = a.h / a.h_kv, head_count = KV_SIDE ? group : 1;
+  const int hs = KV_SIDE ? a.h_kv : a.h;  // heads of the own rows' tensors
+  if (tid == 0) {
+    for (int b = 0; b < QB; ++b) {
+      mbar_init(&own_full[b], 128 + 1);  // every producer thread's copies, and
+                                         // thread 0's store of the item's rows
+      mbar_init(&own_empty[b], 8);       // every consumer warp's epilogue
+    }
+  }
+  init_ring<ST>(full, empty, tid);  // (its __syncthreads covers the own-row barriers)
 
   if (wg == 0) {  // producer
     setmaxnreg_dec<PREGS>();
+    T* const dstA = static_cast<T*>(KV_SIDE ? a.dk : a.dq);
+    T* const dstB = KV_SIDE ? static_cast<T*>(a.dv) : nullptr;
     const T* srcA = static_cast<const T*>(KV_SIDE ? a.k : a.q);
     const T* srcB = static_cast<const T*>(KV_SIDE ? a.v : a.dout);
-    // Copied before the first tile: the first full barrier covers them.
-    Mm::template load<BM, 128>(sA, srcA + own_first, own_stride, own.nrows, tid);
-    Mm::template load<BM, 128>(sB, srcB + own_first, own_stride, own.nrows, tid);
-    const int gkv = head / group;
-    TileStream stream(a, n, own, head_first, head_count, KV_SIDE, BN, start);
-    produce_tiles<ST>(stream, ring, full, empty, tid, [&](const TileDesc& d, int slot) {
-      if constexpr (KV_SIDE)
-        load_qo<T, D, Mm, BN, 128>(a, d, slot, sX, sY, sL, sD, tid);
-      else
-        load_kv<T, D, Mm, BN, 128>(a, d, slot, gkv, sX, sY, tid);
-      return 0;  // no TMA bytes (see Sm90Bwd)
-    });
+    int issued = 0, loaded = 0;
+    __shared__ long long next_item[2];
+    unsigned* counter = a.bwd_next != nullptr ? a.bwd_next + (KV_SIDE ? 0 : 1) : nullptr;
+    WorkItems work(counter, next_item);
+    for (int k = 0; work.item < items; work.advance(1, k++)) {
+      const Item it = item_at(a, tiles_per_seq, work.item, BM, head_count);
+      const int head = it.place.head;
+      // The rows of this item's chunk that no item owns, as in the forward.
+      auto unowned = [&]() {
+        int first, end;
+        if (Cfg::kProducerZeros && unowned_span(it.g, BM, it.n, it.place.tile, &first, &end))
+          zero_unowned_rows<T, D, 128>(it.g, dstA, dstB, nullptr, hs, head, it.start, first, end,
+                                       tid);
+      };
+      OwnRows own;
+      if (!own_rows(it.g, BM, it.n, it.place.tile, &own)) {
+        unowned();
+        continue;
+      }
+      TileStream stream(a, it.n, own, head * head_count, head_count, KV_SIDE, BN, it.start);
+      const long long own_stride = (long long)own.L * hs * D;
+      const long long own_first = ((it.start + own.p0) * hs + head) * D;
+      if (!stream.more) {  // no pair: zero gradients
+        zero_rows<T, D, 128>(dstA + own_first, own_stride, own.nrows, tid);
+        if (KV_SIDE) zero_rows<T, D, 128>(dstB + own_first, own_stride, own.nrows, tid);
+        unowned();
+        continue;
+      }
+      const int gkv = head / group;
+      auto push = [&](int cap) {
+        push_tiles<ST, false>(
+            stream, ring, lasts, full, empty, tid, issued,
+            [&](const TileDesc& d, int slot) {
+              if constexpr (KV_SIDE)
+                load_qo<T, D, Mm, BN, 128>(a, d, slot, sX, sY, sL, sD, tid);
+              else
+                load_kv<T, D, Mm, BN, 128>(a, d, slot, gkv, sX, sY, tid);
+              return 0;  // no TMA bytes (see Sm90Bwd)
+            },
+            cap);
+      };
+      const int buf = loaded % QB;
+      if (loaded >= QB) mbar_wait(&own_empty[buf], (loaded / QB - 1) & 1);
+      ++loaded;
+      T* sA = sOwn + buf * Cfg::kOwnStride;
+      Mm::template load<BM, 128>(sA, srcA + own_first, own_stride, own.nrows, tid);
+      Mm::template load<BM, 128>(sA + Cfg::tile_elems(BM), srcB + own_first, own_stride,
+                                 own.nrows, tid);
+      cp_async_mbar_arrive(&own_full[buf]);
+      if (tid == 0) {
+        item_head[buf] = head;
+        item_start[buf] = it.start;
+        item_own[buf] = own;
+        mbar_arrive(&own_full[buf]);  // (releases the stores)
+      }
+      if (stream.more) push(0x7fffffff);
+      unowned();
+    }
+    push_end<ST>(ring, full, empty, tid, issued);
     return;
   }
 
   // consumers
   setmaxnreg_inc<Cfg::consumer_regs(PREGS)>();
-  const int cw = tid / 32 - 4, lane = tid % 32, row0 = cw * 16 + lane / 4;
-  float acc1[D / 8][4], acc2[D / 8][4];  // dQ; or dK and dV
-  zero(acc1);
-  if constexpr (KV_SIDE) zero(acc2);
-  float lse2[2], dlt[2];
-  if constexpr (!KV_SIDE) own_row_stats(a, start, own, head, row0, lse2, dlt);
-  RowIndices idx;
-  // P^T and dS^T (dK/dV) or dS (dQ) of a tile, packed as wgmma A operands.
-  uint32_t af1[BN / 16][4], af2[KV_SIDE ? BN / 16 : 1][4];
-  // S and dP (or their transposes) of the tile in `slot`: issued, not committed.
-  auto issue_scores = [&](int slot, float (&s)[BN / 8][4], float (&dp)[BN / 8][4]) {
-    Mm::template qk_issue<BM, BN>(s, sA, sX + slot * kTile, cw);
-    Mm::template qk_issue<BM, BN>(dp, sB, sY + slot * kTile, cw);
-  };
-  // The element step of tile d into af1 / af2.
-  auto element = [&](const TileDesc& d, int slot, float (&s)[BN / 8][4], float (&dp)[BN / 8][4]) {
-    idx.update(d, own, row0);
-    if constexpr (KV_SIDE) {
-      dkdv_scores<BN>(a, d, idx.di0, idx.di1, lane, sL + slot * BN, sD + slot * BN, s, dp);
-      Mm::template pack_p<BN>(s, af1);
-      Mm::template pack_p<BN>(dp, af2);
-    } else {
-      dq_scores<BN>(a, d, idx.di0, idx.di1, lane, lse2, dlt, s, dp);
-      Mm::template pack_p<BN>(s, af1);
-    }
-  };
-  // The products of the tile in `slot` from af1 / af2: issued, not committed.
-  auto issue_products = [&](int slot) {
-    if constexpr (KV_SIDE) {
-      Mm::template pv_issue<BN>(acc2, af1, sY + slot * kTile);     // dV += P^T dO
-      Mm::template pv_issue<BN>(acc1, af2, sX + slot * kTile);     // dK += dS^T Q
-    } else {
-      Mm::template pv_issue<BN>(acc1, af1, sX + slot * kTile);     // dQ += dS K
-    }
-  };
-  auto fence_acc = [&]() {
-    fence_regs(acc1);
-    if constexpr (KV_SIDE) fence_regs(acc2);
-  };
+  const int cg = wg - 1, cw = tid / 32 - 4, lane = tid % 32, row0 = cw * 16 + lane / 4;
   auto release = [&](int slot) {
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[slot]);
   };
-  if (PIPE) {
-    // Tile i's products go out in one batch with tile i + 1's S and dP: one
-    // wait per tile, and the tensor cores hold four products of this consumer.
-    wait_full(full, 0, 0);
-    TileDesc d = ring[0];
-    if (d.valid >= 0) {
-      float s[BN / 8][4], dp[BN / 8][4];
+  // The next ring tile: slot, descriptor and last-tile flag.
+  // (The descriptor is read from the ring where used: a copy in registers,
+  // live across items, spilled the dK/dV consumers.)
+  int i = 0, slot = 0;
+  wait_full(full, 0, 0);
+  int last = lasts[0];
+  auto next_tile = [&]() {
+    slot = ++i % ST;
+    wait_full(full, slot, (i / ST) & 1);
+    last = lasts[slot];
+  };
+  for (int q = 0; ring[slot].valid >= 0; ++q) {
+    const int buf = q % QB;
+    const T* sA = sOwn + buf * Cfg::kOwnStride;
+    const T* sB = sA + Cfg::tile_elems(BM);
+    mbar_wait(&own_full[buf], (q / QB) & 1);
+    fence_proxy_async();
+    // Read where used (the consumers' registers are short): the producer
+    // rewrites them only after this item's own_empty.
+    const OwnRows& own = item_own[buf];
+    float acc1[D / 8][4], acc2[D / 8][4];  // dQ; or dK and dV
+    zero(acc1);
+    if constexpr (KV_SIDE) zero(acc2);
+    float lse2[2], dlt[2];
+    if constexpr (!KV_SIDE) own_row_stats(a, item_start[buf], own, item_head[buf], row0, lse2, dlt);
+    RowIndices idx;
+    // P^T and dS^T (dK/dV) or dS (dQ) of a tile, packed as wgmma A operands.
+    uint32_t af1[BN / 16][4], af2[KV_SIDE ? BN / 16 : 1][4];
+    // S and dP (or their transposes) of the tile in `slot`: issued, not committed.
+    auto issue_scores = [&](int at, float (&s)[BN / 8][4], float (&dp)[BN / 8][4]) {
+      Mm::template qk_issue<BM, BN>(s, sA, sX + at * kTile, cw);
+      Mm::template qk_issue<BM, BN>(dp, sB, sY + at * kTile, cw);
+    };
+    // The element step of tile d into af1 / af2.
+    auto element = [&](int at, float (&s)[BN / 8][4], float (&dp)[BN / 8][4]) {
+      const TileDesc& d = ring[at];
+      idx.update(d, own, row0);
+      if constexpr (KV_SIDE) {
+        dkdv_scores<BN>(a, d, idx.di0, idx.di1, lane, sL + at * BN, sD + at * BN, s, dp);
+        Mm::template pack_p<BN>(s, af1);
+        Mm::template pack_p<BN>(dp, af2);
+      } else {
+        dq_scores<BN>(a, d, idx.di0, idx.di1, lane, lse2, dlt, s, dp);
+        Mm::template pack_p<BN>(s, af1);
+      }
+    };
+    // The products of the tile in `at` from af1 / af2: issued, not committed.
+    auto issue_products = [&](int at) {
+      if constexpr (KV_SIDE) {
+        Mm::template pv_issue<BN>(acc2, af1, sY + at * kTile);  // dV += P^T dO
+        Mm::template pv_issue<BN>(acc1, af2, sX + at * kTile);  // dK += dS^T Q
+      } else {
+        Mm::template pv_issue<BN>(acc1, af1, sX + at * kTile);  // dQ += dS K
+      }
+    };
+    auto fence_acc = [&]() {
+      fence_regs(acc1);
+      if constexpr (KV_SIDE) fence_regs(acc2);
+    };
+    float s[BN / 8][4], dp[BN / 8][4];
+    if (PIPE) {
+      // Tile i's products go out in one batch with tile i + 1's S and dP: one
+      // wait per tile, and the tensor cores hold four products of this consumer.
       wgmma_fence();
-      issue_scores(0, s, dp);
+      issue_scores(slot, s, dp);
       wgmma_commit();
       wgmma_wait<0>();
       fence_regs(s);
       fence_regs(dp);
-      element(d, 0, s, dp);
-      int prev = 0;
-      for (int i = 1;; ++i) {
-        const int slot = i % ST;
-        wait_full(full, slot, (i / ST) & 1);
-        d = ring[slot];
-        if (d.valid < 0) break;
+      element(slot, s, dp);
+      int prev = slot;
+      while (!last) {
+        next_tile();
         wgmma_fence();
         issue_products(prev);
         issue_scores(slot, s, dp);
@@ -1106,7 +1213,7 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
         fence_regs(dp);
         fence_acc();
         release(prev);
-        element(d, slot, s, dp);
+        element(slot, s, dp);
         prev = slot;
       }
       wgmma_fence();
@@ -1114,45 +1221,76 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
       wgmma_commit();
       wgmma_wait<0>();
       fence_acc();
+      release(prev);
+    } else {
+      for (;;) {
+        wgmma_fence();
+        issue_scores(slot, s, dp);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(s);
+        fence_regs(dp);
+        element(slot, s, dp);
+        wgmma_fence();
+        issue_products(slot);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_acc();
+        release(slot);
+        if (last) break;
+        next_tile();
+      }
     }
-  } else {
-    for (int i = 0;; ++i) {
-      const int slot = i % ST;
-      wait_full(full, slot, (i / ST) & 1);
-      const TileDesc d = ring[slot];
-      if (d.valid < 0) break;
-      float s[BN / 8][4], dp[BN / 8][4];
-      wgmma_fence();
-      issue_scores(slot, s, dp);
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(s);
-      fence_regs(dp);
-      element(d, slot, s, dp);
-      wgmma_fence();
-      issue_products(slot);
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_acc();
-      release(slot);
+    // Each warp stages its output in its own rows of the own-row buffer, once
+    // its warpgroup's products have read them (the other consumer runs on).
+    named_sync(2 + cg, 128);
+    {
+      // An opaque copy of the lane: what the epilogue derives from it is then
+      // computed here, not once before the item loop and held through it (the
+      // pipelined dK/dV consumers spilled 72 bytes).
+      int lane_here;
+      asm volatile("mov.b32 %0, %1;\n" : "=r"(lane_here) : "r"(lane));
+      const int head = item_head[buf];
+      const long long start = item_start[buf];
+      const OwnRows rows = own;
+      const long long own_stride = (long long)rows.L * hs * D;
+      const long long off = ((start + rows.p0) * hs + head) * D + (long long)cw * 16 * own_stride;
+      const int valid = rows.nrows - cw * 16;
+      store_rows<T, D>(acc1, a.scale, a.scale, SwizzledStage<T, BM>{smem_u32(sA), cw * 16},
+                       static_cast<T*>(KV_SIDE ? a.dk : a.dq) + off, own_stride, valid,
+                       lane_here);
+      if constexpr (KV_SIDE)
+        store_rows<T, D>(acc2, 1.f, 1.f, SwizzledStage<T, BM>{smem_u32(sB), cw * 16},
+                         static_cast<T*>(a.dv) + off, own_stride, valid, lane_here);
     }
-  }
-  named_sync(3, 256);  // both consumers are done with the ring (the epilogue stages there)
-  const int valid = own.nrows - cw * 16;
-  const long long off = own_first + (long long)cw * 16 * own_stride;
-  if constexpr (KV_SIDE) {
-    store_rows<T, D>(acc1, a.scale, a.scale, sX + cw * 16 * S, static_cast<T*>(a.dk) + off,
-                     own_stride, valid, lane);
-    store_rows<T, D>(acc2, 1.f, 1.f, sX + (BM + cw * 16) * S, static_cast<T*>(a.dv) + off,
-                     own_stride, valid, lane);
-  } else {
-    store_rows<T, D>(acc1, a.scale, a.scale, sX + cw * 16 * S, static_cast<T*>(a.dq) + off,
-                     own_stride, valid, lane);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&own_empty[buf]);
+    next_tile();
   }
 #else
-  (void)a, (void)tiles_per_seq;
+  (void)a, (void)tiles_per_seq, (void)items;
   __trap();
 #endif
+}
+
+// One pass of the backward (dK/dV or dQ) over `items` work items: persistent
+// where Sm90Bwd says so and the caller gave work counters
+// (KernelArgs::bwd_next), else one item a CTA.
+template <typename T, int D, class Kernel>
+cudaError_t launch_backward_pass(Kernel kernel, const KernelArgs& a, int tiles, int sets,
+                                 cudaStream_t stream) {
+  const long long items = (long long)tiles * a.batch * sets;
+  if (items == 0) return cudaSuccess;
+  long long ctas = items;
+  KernelArgs one = a;
+  one.bwd_next = nullptr;
+  if (Sm90Bwd<T, D>::kPersistent && a.bwd_next != nullptr && a.persistent_ctas > 0 &&
+      items > a.persistent_ctas)
+    ctas = a.persistent_ctas;
+  if (ctas > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+  kernel<<<(unsigned)ctas, Sm90Bwd<T, D>::kThreads, Sm90Bwd<T, D>::smem_bytes(), stream>>>(
+      ctas < items ? a : one, tiles, items);
+  return cudaGetLastError();
 }
 
 template <typename T, int D>
@@ -1164,20 +1302,16 @@ cudaError_t launch_backward_ws(const KernelArgs& a, cudaStream_t stream) {
   // setmaxnreg's balance, as in launch_forward_ws: else the one-role kernels.
   static const bool regs_ok =
       compiled_regs(dkdv) == Cfg::kLaunchRegs && compiled_regs(dq) == Cfg::kLaunchRegs;
-  if (!regs_ok) return launch_backward_with<T, D, Sm90Mma<T, D>>(a, stream);
+  if (!regs_ok) return launch_backward_zeroed<T, D, Sm90Mma<T, D>>(a, stream);
   cudaError_t e = cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e == cudaSuccess)
     e = cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
-  const int tk = max_tiles(a, Cfg::kBM, true), tq = max_tiles(a, Cfg::kBM, false);
-  if (tk > 0)
-    dkdv<<<dim3((unsigned)((long long)tk * a.batch), (unsigned)a.h_kv), Cfg::kThreads, smem,
-           stream>>>(a, tk);
-  if ((e = cudaGetLastError()) != cudaSuccess) return e;
-  if (tq > 0)
-    dq<<<dim3((unsigned)((long long)tq * a.batch), (unsigned)a.h), Cfg::kThreads, smem, stream>>>(
-        a, tq);
-  return cudaGetLastError();
+  if (!Cfg::kProducerZeros && (e = launch_backward_unselected<T, D>(a, stream)) != cudaSuccess)
+    return e;
+  e = launch_backward_pass<T, D>(dkdv, a, max_tiles(a, Cfg::kBM, true), a.h_kv, stream);
+  if (e != cudaSuccess) return e;
+  return launch_backward_pass<T, D>(dq, a, max_tiles(a, Cfg::kBM, false), a.h, stream);
 }
 
 }  // namespace da_cuda

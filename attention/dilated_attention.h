@@ -131,8 +131,9 @@ DA_API da_status da_attention_backward_cpu(const da_attention_params* params,
  * the other Hopper kernels for comparisons, DA_CUDA_TMA=0 makes the Hopper
  * forward load its tiles by cp.async instead of TMA, DA_CUDA_FWD_CONSUMERS (2
  * or 3) fixes the consumer warpgroups of the head_dim 64 forward, and
- * DA_CUDA_PERSISTENT=0 runs the Hopper forward as one CTA a work item instead of
- * one persistent CTA a multiprocessor (DA_CUDA_FWD_CTAS=N: N persistent CTAs),
+ * DA_CUDA_PERSISTENT=0 runs the Hopper forward and backward as one CTA a work
+ * item instead of one persistent CTA a multiprocessor (DA_CUDA_CTAS=N: N
+ * persistent CTAs),
  * and DA_CUDA_COMPACT=0 makes CTAs for rows no pattern can select too
  * (docs/attention_cuda.md); they differ only in fp32 rounding order.
  *

@@ -476,7 +476,7 @@ constexpr const char* kBackwardVariantEnv = "DA_CUDA_BWD_VARIANT";
 constexpr const char* kTmaEnv = "DA_CUDA_TMA";
 constexpr const char* kConsumersEnv = "DA_CUDA_FWD_CONSUMERS";
 constexpr const char* kPersistentEnv = "DA_CUDA_PERSISTENT";
-constexpr const char* kForwardCtasEnv = "DA_CUDA_FWD_CTAS";
+constexpr const char* kCtasEnv = "DA_CUDA_CTAS";
 constexpr const char* kCompactEnv = "DA_CUDA_COMPACT";
 
 void ExpectBitIdentical(const GpuOutputs& a, const GpuOutputs& b, const std::string& what) {
@@ -535,13 +535,13 @@ TEST(CudaAttentionSmall, PortableKernelsMatchCpuOnChosenCases) {
 // warp-specialized forward's tiles all by cp.async), DA_CUDA_FWD_CONSUMERS 2
 // and 3 (the d = 64 forward with two consumer warpgroups and 128-key tiles, or
 // three and 64-key tiles, whichever the case would not pick by itself),
-// DA_CUDA_PERSISTENT=0 (the forward with one CTA a work item) and
-// DA_CUDA_FWD_CTAS=3 (the persistent forward on three CTAs, so each takes many
-// work items, empty ones and ragged ones among them, across its Q buffers:
-// two at d = 64, one at d = 128; with one CTA an SM the small cases have too
-// few items) and DA_CUDA_COMPACT=0 (CTAs for every residue, no rows left to
-// zero; the default path leaves them to the Hopper forward's producer and
-// zero_unselected_kernel). On
+// DA_CUDA_PERSISTENT=0 (the forward and backward with one CTA a work item) and
+// DA_CUDA_CTAS=3 (the persistent forward and backward on three CTAs, so each
+// takes many work items, empty ones and ragged ones among them, across its Q
+// or own-row buffers: two at d = 64, one at d = 128; with one CTA an SM the
+// small cases have too few items) and DA_CUDA_COMPACT=0 (CTAs for every
+// residue, no rows left to zero; the default path leaves them to the Hopper
+// kernels' producers, and zero_unselected_kernel before the others). On
 // other GPUs the variables are ignored and these repeat the portable path.
 TEST(CudaAttentionSmall, OtherHopperKernelsMatchCpuOnChosenCases) {
   REQUIRE_GPU();
@@ -552,7 +552,7 @@ TEST(CudaAttentionSmall, OtherHopperKernelsMatchCpuOnChosenCases) {
                                                           {kConsumersEnv, "2"},
                                                           {kConsumersEnv, "3"},
                                                           {kPersistentEnv, "0"},
-                                                          {kForwardCtasEnv, "3"},
+                                                          {kCtasEnv, "3"},
                                                           {kCompactEnv, "0"}};
   for (const auto& [name, value] : variants) {
     ScopedEnv env(name, value);
