@@ -971,10 +971,11 @@ template <typename T, int D>
 struct Sm90Bwd {
   static constexpr int kBM = kBwdWsRows;
   static constexpr int kBN = kOtherRows;
-  // Ring slots: 6 at d = 64 (the second own-row buffer leaves room; against 4:
-  // 304 against 297 TFLOP/s LongNet, 255-257 against 249-250 head-group, H100,
-  // n = 128K), 4 at d = 128 (the most that fit).
-  static constexpr int kStages = D == 64 ? 6 : 4;
+  // Ring slots: 8 at d = 64 (beside the second own-row buffer; H100, n = 128K,
+  // backward TFLOP/s LongNet / head-group: 4 slots 297 / 249-250, 6 slots 304 /
+  // 255-257 in the same call; 8 slots 300-304 / 260-262 against 6 slots'
+  // 299-300 / 255-256 in another), 4 at d = 128 (the most that fit).
+  static constexpr int kStages = D == 64 ? 8 : 4;
   static constexpr int kAlign = 1024;
   static constexpr int kThreads = 3 * 128;
   // As in Sm90Fwd: compiled for 168 registers a thread, moved by setmaxnreg.
