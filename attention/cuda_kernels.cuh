@@ -672,24 +672,42 @@ __global__ void __launch_bounds__(kFwdRows * 2, Mm::kMinBlocks)
 
 // ------------------------------------------------------------- backward -----
 
-// delta[token, j] = dout . out (fp32), the row term of dS.
+// delta[token, j] = dout . out (fp32), the row term of dS. kDeltaLanes lanes
+// share a row, consecutive lanes reading consecutive 16-byte chunks, so a warp's
+// loads cover 32 / kDeltaLanes whole rows (a thread a row read 32 rows' 16-byte
+// pieces per load); the lanes' sums meet by shuffles. The loop runs over
+// warp-sized row blocks, so every lane of a warp takes part in every shuffle.
+template <int D>
+constexpr int delta_lanes() {
+  return (D / 8) % 8 == 0 ? 8 : 4;  // a power of two dividing the row's chunks
+}
+
 template <typename T, int D>
 __global__ void delta_kernel(const T* __restrict__ out, const T* __restrict__ dout,
                              float* __restrict__ delta, long long rows) {
-  for (long long r = blockIdx.x * (long long)blockDim.x + threadIdx.x; r < rows;
-       r += (long long)gridDim.x * blockDim.x) {
-    const uint4* po = reinterpret_cast<const uint4*>(out + r * D);
-    const uint4* pd = reinterpret_cast<const uint4*>(dout + r * D);
+  constexpr int kLanes = delta_lanes<D>(), kPer = D / 8 / kLanes, kRowsPerWarp = 32 / kLanes;
+  static_assert(D % (8 * kLanes) == 0, "whole chunks a lane");
+  const int lane = threadIdx.x % 32, sub = lane % kLanes;
+  const long long warp = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / 32;
+  const long long warps = (long long)gridDim.x * blockDim.x / 32;
+  for (long long base = warp * kRowsPerWarp; base < rows; base += warps * kRowsPerWarp) {
+    const long long r = base + lane / kLanes;
     float sum = 0.f;
+    if (r < rows) {
+      const uint4* po = reinterpret_cast<const uint4*>(out + r * D) + sub;
+      const uint4* pd = reinterpret_cast<const uint4*>(dout + r * D) + sub;
 #pragma unroll
-    for (int c = 0; c < D / 8; ++c) {
-      uint4 xo = po[c], xd = pd[c];
-      const T* eo = reinterpret_cast<const T*>(&xo);
-      const T* ed = reinterpret_cast<const T*>(&xd);
+      for (int c = 0; c < kPer; ++c) {
+        uint4 xo = po[c * kLanes], xd = pd[c * kLanes];
+        const T* eo = reinterpret_cast<const T*>(&xo);
+        const T* ed = reinterpret_cast<const T*>(&xd);
 #pragma unroll
-      for (int e = 0; e < 8; ++e) sum += (float)eo[e] * (float)ed[e];
+        for (int e = 0; e < 8; ++e) sum += (float)eo[e] * (float)ed[e];
+      }
     }
-    delta[r] = sum;
+#pragma unroll
+    for (int m = kLanes / 2; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+    if (r < rows && sub == 0) delta[r] = sum;
   }
 }
 
@@ -1127,8 +1145,9 @@ template <typename T, int D>
 cudaError_t launch_delta(const KernelArgs& a, cudaStream_t stream) {
   long long rows = a.tokens * a.h;
   if (rows == 0) return cudaSuccess;
-  long long blocks = (rows + 255) / 256;
-  if (blocks > 65535LL * 8) blocks = 65535LL * 8;
+  const long long rows_per_block = 256 / delta_lanes<D>();  // 8 warps
+  long long blocks = (rows + rows_per_block - 1) / rows_per_block;
+  if (blocks > 65535LL * 8) blocks = 65535LL * 8;  // (grid-stride beyond)
   delta_kernel<T, D><<<(unsigned)blocks, 256, 0, stream>>>(
       static_cast<const T*>(a.out), static_cast<const T*>(a.dout), const_cast<float*>(a.delta),
       rows);
