@@ -669,6 +669,23 @@ struct WorkItems {
   }
 };
 
+// A producer thread's part in filling buffer `buf` of work-item rows (the
+// forward's Q, the backward's own rows): its copies arrive on `bar` when they
+// land, and thread 0 stores the item's rows (head, sequence start, OwnRows)
+// beside the buffer, released by its ordinary arrival (the barrier counts 128
+// + 1).
+__device__ __forceinline__ void publish_item(uint64_t* bar, int* heads, long long* starts,
+                                             OwnRows* owns, int buf, int head, long long start,
+                                             const OwnRows& own, int tid) {
+  cp_async_mbar_arrive(bar);
+  if (tid == 0) {
+    heads[buf] = head;
+    starts[buf] = start;
+    owns[buf] = own;
+    mbar_arrive(bar);  // (releases the stores)
+  }
+}
+
 // The warp-specialized Hopper forward over work items blockIdx.x, blockIdx.x +
 // gridDim.x, ... < items (one item a CTA, or persistent: one CTA an SM looping
 // over items). The producer skips items past their sequence's end, writes the
@@ -772,13 +789,7 @@ __global__ void __launch_bounds__(Sm90Fwd<T, D, NC>::kThreads, 1)
           Mm::template load<BM, 128>(sQ0 + buf * Cfg::kQStride,
                                      static_cast<const T*>(a.q) + q_first, q_stride, own.nrows,
                                      tid);
-          cp_async_mbar_arrive(&q_full[buf]);
-          if (tid == 0) {
-            item_j[buf] = j;
-            item_start[buf] = it.start;
-            item_own[buf] = own;
-            mbar_arrive(&q_full[buf]);  // (releases the stores)
-          }
+          publish_item(&q_full[buf], item_j, item_start, item_own, buf, j, it.start, own, tid);
           if (stream.more) push(0x7fffffff);
           unowned();
         }
@@ -1114,13 +1125,8 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
       Mm::template load<BM, 128>(sA, srcA + own_first, own_stride, own.nrows, tid);
       Mm::template load<BM, 128>(sA + Cfg::tile_elems(BM), srcB + own_first, own_stride,
                                  own.nrows, tid);
-      cp_async_mbar_arrive(&own_full[buf]);
-      if (tid == 0) {
-        item_head[buf] = head;
-        item_start[buf] = it.start;
-        item_own[buf] = own;
-        mbar_arrive(&own_full[buf]);  // (releases the stores)
-      }
+      publish_item(&own_full[buf], item_head, item_start, item_own, buf, head, it.start, own,
+                   tid);
       if (stream.more) push(0x7fffffff);
       unowned();
     }
