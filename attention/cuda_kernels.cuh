@@ -1112,17 +1112,12 @@ cudaError_t launch_backward_with(const KernelArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// The backward's rows of residues without CTAs: dQ, dK, dV = 0.
-template <typename T, int D>
-cudaError_t launch_backward_unselected(const KernelArgs& a, cudaStream_t stream) {
-  cudaError_t e = launch_zero_unselected<T, D>(a, false, a.dq, nullptr, nullptr, stream);
-  return e != cudaSuccess ? e : launch_zero_unselected<T, D>(a, true, a.dk, a.dv, nullptr, stream);
-}
-
-// The one-role backward kernels, after the rows of residues without CTAs.
+// The one-role backward kernels, after the rows of residues without CTAs (dQ,
+// dK, dV = 0).
 template <typename T, int D, class Mm>
 cudaError_t launch_backward_zeroed(const KernelArgs& a, cudaStream_t stream) {
-  const cudaError_t e = launch_backward_unselected<T, D>(a, stream);
+  cudaError_t e = launch_zero_unselected<T, D>(a, false, a.dq, nullptr, nullptr, stream);
+  if (e == cudaSuccess) e = launch_zero_unselected<T, D>(a, true, a.dk, a.dv, nullptr, stream);
   return e != cudaSuccess ? e : launch_backward_with<T, D, Mm>(a, stream);
 }
 

@@ -971,8 +971,8 @@ cudaError_t launch_forward_ws(const KernelArgs& a, cudaStream_t stream) {
 // accumulators, then release the slot; an item's last tile ends it (epilogue,
 // staged in the warp's own rows of the own-row buffer, then own_empty). The
 // two consumers run out of step, so one's element step overlaps the other's
-// products. Items with no tiles get their zeros from the producer, and so (at
-// d = 64, Sm90Bwd::kProducerZeros) do the rows of residues without items. With
+// products. Items with no tiles get their zeros from the producer, and so do
+// the rows of residues without items (no zero_unselected_kernel first). With
 // two own-row buffers (d = 64) the producer loads the next item's rows while
 // the consumers finish the current one. d = 128 has room for one and runs one
 // item a CTA (Sm90Bwd::kPersistent; persistent, with the next item's first
@@ -1013,10 +1013,6 @@ struct Sm90Bwd {
   // measured 289 / 281 with DA_CUDA_TMA=0. So TMA helps dK/dV at d = 128, but
   // the code around it cost the consumers registers (dK/dV spills 320 -> 480
   // bytes) and that cost more; a producer of 40 registers spills more.
-  // Whether the producers write the rows of residues without items (else
-  // zero_unselected_kernel runs first): at d = 128 that code spilled them
-  // (dK/dV 332 -> 400 bytes, dQ 0 -> 20).
-  static constexpr bool kProducerZeros = D == 64;
   // Persistent (one CTA an SM over the work items, with the work counters) at
   // d = 64 only. H100, n = 128K, backward TFLOP/s against one CTA an item:
   // d = 64 300 / 249 against 293 / 237 (LongNet / head-group); d = 128, with
@@ -1087,7 +1083,7 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
       // The rows of this item's chunk that no item owns, as in the forward.
       auto unowned = [&]() {
         int first, end;
-        if (Cfg::kProducerZeros && unowned_span(it.g, BM, it.n, it.place.tile, &first, &end))
+        if (unowned_span(it.g, BM, it.n, it.place.tile, &first, &end))
           zero_unowned_rows<T, D, 128>(it.g, dstA, dstB, nullptr, hs, head, it.start, first, end,
                                        tid);
       };
@@ -1317,8 +1313,6 @@ cudaError_t launch_backward_ws(const KernelArgs& a, cudaStream_t stream) {
   if (e == cudaSuccess)
     e = cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
-  if (!Cfg::kProducerZeros && (e = launch_backward_unselected<T, D>(a, stream)) != cudaSuccess)
-    return e;
   e = launch_backward_pass<T, D>(dkdv, a, max_tiles(a, Cfg::kBM, true), a.h_kv, stream);
   if (e != cudaSuccess) return e;
   return launch_backward_pass<T, D>(dq, a, max_tiles(a, Cfg::kBM, false), a.h, stream);
