@@ -354,9 +354,8 @@ DA_API da_status da_attention_backward_cuda(const da_attention_params* params,
   if (st != DA_STATUS_SUCCESS) return release(&p, stream, st);
   // One pool block: delta (the rows' dO . O), then the persistent Hopper
   // backward's two work counters (zeroed on the stream; only the
-  // warp-specialized kernels, d = 64 and 128, loop over items).
-  const bool counters = a.use_wgmma && (a.d == 64 || a.d == 128) && a.bwd_variant == 0 &&
-                        persistent();
+  // warp-specialized kernels at d = 64 are persistent: Sm90Bwd::kPersistent).
+  const bool counters = a.use_wgmma && a.d == 64 && a.bwd_variant == 0 && persistent();
   const size_t counters_at = (lb + 15) / 16 * 16;
   const size_t block = counters ? counters_at + 2 * sizeof(unsigned) : (lb > 0 ? lb : 4);
   da_mempool* pool = nullptr;
