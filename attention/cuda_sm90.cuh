@@ -1197,9 +1197,8 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
       if constexpr (KV_SIDE) fence_regs(acc2);
     };
     float s[BN / 8][4], dp[BN / 8][4];
-    if (PIPE) {
-      // Tile i's products go out in one batch with tile i + 1's S and dP: one
-      // wait per tile, and the tensor cores hold four products of this consumer.
+    // S and dP of the tile in `slot` alone, waited for, then its element step.
+    auto scores = [&]() {
       wgmma_fence();
       issue_scores(slot, s, dp);
       wgmma_commit();
@@ -1207,6 +1206,11 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
       fence_regs(s);
       fence_regs(dp);
       element(slot, s, dp);
+    };
+    if (PIPE) {
+      // Tile i's products go out in one batch with tile i + 1's S and dP: one
+      // wait per tile, and the tensor cores hold four products of this consumer.
+      scores();
       int prev = slot;
       while (!last) {
         next_tile();
@@ -1230,13 +1234,7 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
       release(prev);
     } else {
       for (;;) {
-        wgmma_fence();
-        issue_scores(slot, s, dp);
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(s);
-        fence_regs(dp);
-        element(slot, s, dp);
+        scores();
         wgmma_fence();
         issue_products(slot);
         wgmma_commit();
