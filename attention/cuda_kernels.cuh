@@ -346,8 +346,16 @@ __device__ __forceinline__ void run_tiles(const KernelArgs& a, int n, const OwnR
 
 // -------------------------------------------------------------- forward -----
 
-template <class Mm>
+// The dynamic shared memory `raw` rounded up to Mm::kAlign bytes. VISIBLE: as
+// an offset from `raw`, so that the pointers derived from it stay visibly in
+// shared memory. Through the integer rounding the compiler no longer knows
+// that, and the Hopper dK/dV consumers read their query rows' lse and delta
+// with generic loads (with shared loads the backward measured 1-3% faster,
+// H100). The forward kernels keep the integer form: the offset form changed
+// their code and measured 1-2% slower.
+template <class Mm, bool VISIBLE = false>
 __device__ __forceinline__ unsigned char* aligned_smem(unsigned char* raw) {
+  if constexpr (VISIBLE) return raw + (Mm::kAlign - smem_u32(raw) % Mm::kAlign) % Mm::kAlign;
   return reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(raw) + Mm::kAlign - 1) &
                                           ~(uintptr_t)(Mm::kAlign - 1));
 }
@@ -728,17 +736,26 @@ constexpr int backward_smem_bytes() {
          2 * backward_stages<D>() * kOtherRows * 4 + Mm::kAlign;
 }
 
+// Whether some pair of tile d's element step may be unselected (the mask runs
+// then): not every own row in the unit, the tile past the unit's range, or a
+// causal tile that crosses the diagonal (KV_SIDE: the own rows are the keys). A
+// function of the descriptor alone, so the Hopper consumers evaluate it while
+// the tile's products run.
+template <int BN, bool KV_SIDE>
+__device__ __forceinline__ bool tile_masked(const KernelArgs& a, const TileDesc& d) {
+  return !d.all_rows || d.k0 + BN > d.hi ||
+         (a.causal && (KV_SIDE ? d.k0 < d.di_last : d.k0 + BN - 1 > d.di_first));
+}
+
 // dQ's element step for a warp's two rows (di0 / di1 their own dilated indices,
 // -1 when unselected; lse2 the rows' LSE in log2 units, dlt their delta): s = S
 // and dp = dP become dS = P (dP - delta) in s, P = 2^(S scale_log2 - lse2), with
-// unselected pairs 0.
+// unselected pairs 0 (masked: tile_masked<BN, false>).
 template <int BN>
-__device__ __forceinline__ void dq_scores(const KernelArgs& a, const TileDesc& d, int di0, int di1,
-                                          int lane, const float (&lse2)[2],
+__device__ __forceinline__ void dq_scores(const KernelArgs& a, const TileDesc& d, bool masked,
+                                          int di0, int di1, int lane, const float (&lse2)[2],
                                           const float (&dlt)[2], float (&s)[BN / 8][4],
                                           const float (&dp)[BN / 8][4]) {
-  const bool masked =
-      !d.all_rows || d.k0 + BN > d.hi || (a.causal && d.k0 + BN - 1 > d.di_first);
   // P in place, then the mask, then dS: the mask is one branch around its loop
   // (inside the loop the compiler branched per element).
 #pragma unroll
@@ -765,23 +782,34 @@ __device__ __forceinline__ void dq_scores(const KernelArgs& a, const TileDesc& d
     for (int e = 0; e < 4; ++e) s[nt][e] *= dp[nt][e] - dlt[e >> 1];  // dS
 }
 
-// dK/dV's element step for a warp's two key rows against the tile's query
-// columns (their lse and delta in lrow / drow): s = S^T and dp = dP^T become
-// P^T in s and dS^T in dp, unselected pairs 0.
+// The LSE of a tile's query columns that this lane's elements of S^T meet
+// (columns nt * 8 + (lane % 4) * 2 + c), negated in log2 units, from the tile's
+// lse row in shared memory: dkdv_scores' `nlse2`.
 template <int BN>
-__device__ __forceinline__ void dkdv_scores(const KernelArgs& a, const TileDesc& d, int di0,
-                                            int di1, int lane, const float* lrow,
-                                            const float* drow, float (&s)[BN / 8][4],
-                                            float (&dp)[BN / 8][4]) {
-  const bool masked = !d.all_rows || d.k0 + BN > d.hi || (a.causal && d.k0 < d.di_last);
+__device__ __forceinline__ void column_lse2(const float* lrow, int lane, float (&nlse2)[BN / 8][2]) {
+#pragma unroll
+  for (int nt = 0; nt < BN / 8; ++nt) {
+    const float2 l = *reinterpret_cast<const float2*>(lrow + nt * 8 + (lane % 4) * 2);
+    nlse2[nt][0] = -l.x * kLog2e;
+    nlse2[nt][1] = -l.y * kLog2e;
+  }
+}
+
+// dK/dV's element step for a warp's two key rows against the tile's query
+// columns (their LSE by column_lse2 in nlse2, their delta in drow): s = S^T and
+// dp = dP^T become P^T in s and dS^T in dp, unselected pairs 0 (masked:
+// tile_masked<BN, true>).
+template <int BN>
+__device__ __forceinline__ void dkdv_scores(const KernelArgs& a, const TileDesc& d, bool masked,
+                                            int di0, int di1, int lane,
+                                            const float (&nlse2)[BN / 8][2], const float* drow,
+                                            float (&s)[BN / 8][4], float (&dp)[BN / 8][4]) {
   // As in dq_scores: P^T in place, the mask in one branch, then dS^T.
 #pragma unroll
   for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      int col = nt * 8 + (lane % 4) * 2 + (e & 1);
-      s[nt][e] = fast_exp2(fmaf(s[nt][e], a.scale_log2, -lrow[col] * kLog2e));
-    }
+    for (int e = 0; e < 4; ++e)
+      s[nt][e] = fast_exp2(fmaf(s[nt][e], a.scale_log2, nlse2[nt][e & 1]));
   if (masked) {
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt) {
@@ -887,7 +915,7 @@ __global__ void __launch_bounds__(kBwdRows * 2, D <= 64 ? 3 : 1)
         zero(s);
         zero(dp);
         Mm::template qk2<BM, BN>(s, sQ, tK, dp, sO, sV + slot * Mm::tile_elems(BN), warp, lane);
-        dq_scores<BN>(a, d, di0, di1, lane, lse2, dlt, s, dp);
+        dq_scores<BN>(a, d, tile_masked<BN, false>(a, d), di0, di1, lane, lse2, dlt, s, dp);
         Mm::template pv<BN>(acc, s, tK, warp, lane);
       });
   T* dq = static_cast<T*>(a.dq);
@@ -948,7 +976,10 @@ __global__ void __launch_bounds__(kBwdRows * 2)
         zero(s);
         zero(dp);
         Mm::template qk2<BM, BN>(s, sK, tQ, dp, sV, tO, warp, lane);
-        dkdv_scores<BN>(a, d, di0, di1, lane, sL + slot * BN, sD + slot * BN, s, dp);
+        float nlse2[BN / 8][2];
+        column_lse2<BN>(sL + slot * BN, lane, nlse2);
+        dkdv_scores<BN>(a, d, tile_masked<BN, true>(a, d), di0, di1, lane, nlse2, sD + slot * BN,
+                        s, dp);
         Mm::template pv2<BN>(dv, s, tO, dk, dp, tQ, warp, lane);
       });
   T* dkp = static_cast<T*>(a.dk);
