@@ -18,9 +18,14 @@ DEFAULT_GENCODE = [
     "-gencode=arch=compute_90a,code=sm_90a",
 ]
 
-def _mode_flags(mode):
+def _mode_flags(ctx):
+    mode = ctx.var["COMPILATION_MODE"]
     if mode == "opt":
-        return ["-O3", "-DNDEBUG"]
+        # --config=lineinfo (--define=DA_LINEINFO=1): optimized code with the
+        # source-line tables Nsight Compute's source view needs (the machine
+        # code is the same).
+        lineinfo = ["-lineinfo"] if ctx.var.get("DA_LINEINFO") == "1" else []
+        return ["-O3", "-DNDEBUG"] + lineinfo
     if mode == "dbg":
         return ["-g", "-O0", "-lineinfo"]
     return ["-O2", "-lineinfo"]
@@ -62,7 +67,7 @@ def _cuda_library_impl(ctx):
             "--expt-relaxed-constexpr",
         ])
         args.add_all(ctx.attr.gencode or DEFAULT_GENCODE)
-        args.add_all(_mode_flags(ctx.var["COMPILATION_MODE"]))
+        args.add_all(_mode_flags(ctx))
         args.add_all(include_flags)
         args.add_all(define_flags)
         args.add_all(ctx.attr.copts)

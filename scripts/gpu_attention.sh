@@ -107,7 +107,9 @@ fi
 # source: where each kernel's warps stall, instruction by instruction (Nsight
 # Compute's sampled stall reasons on the SASS, one CSV per kernel, d = 64 and 128,
 # n = 32K). The producer's and the consumers' instructions are told apart by
-# their kind (LDGSTS / HGMMA) when the CSV is read.
+# their kind (LDGSTS / HGMMA) when the CSV is read. With a bundle built with
+# BAZEL_FLAGS=--config=lineinfo, the same report's per-source-line export sits
+# beside each CSV (src_K_D.lines.csv: scripts/ncu_roles.py --lines N).
 if want source; then
   ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
   for d in 64 128; do
@@ -120,6 +122,8 @@ if want source; then
       "$ncu" --import "$tmp/src.ncu-rep" --page source --csv --print-source sass \
         >"$tmp/src_${k}_$d.csv" 2>&1 ||
         "$ncu" --import "$tmp/src.ncu-rep" --page source --csv >"$tmp/src_${k}_$d.csv" 2>&1
+      "$ncu" --import "$tmp/src.ncu-rep" --page source --csv --print-source cuda,sass \
+        >"$tmp/src_${k}_$d.lines.csv" 2>&1
       row "ncu source $k d=$d" "rc=$rc $(wc -l <"$tmp/src_${k}_$d.csv") lines"
     done
   done

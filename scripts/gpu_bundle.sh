@@ -4,13 +4,14 @@
 # machine has no Bazel, so this folder travels to it and scripts/gpu_run.sh runs
 # there. Every test links the CUDA kernels statically (~6 MB each), and the device
 # tool carries at most 64 MiB, so a regular expression picks the tests (default:
-# all). Usage: scripts/gpu_bundle.sh [test-label-regex]
+# all). Usage: scripts/gpu_bundle.sh [test-label-regex]; BAZEL_FLAGS adds build
+# flags (e.g. --config=lineinfo for Nsight's per-source-line view).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=gpu_carry
 tests=$(bazel query 'kind(cc_test, //tests/...)' 2>/dev/null | grep -E "${1:-.}")
 tools=$(bazel query 'kind(cc_binary, //tools/...)' 2>/dev/null)
-bazel build -c opt //:libdilated_attention.so $tests $tools
+bazel build -c opt ${BAZEL_FLAGS:-} //:libdilated_attention.so $tests $tools
 rm -rf "$out"
 mkdir -p "$out/tests" "$out/tools"
 for t in $tests; do
