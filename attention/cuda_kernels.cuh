@@ -795,11 +795,28 @@ __device__ __forceinline__ void column_lse2(const float* lrow, int lane, float (
   }
 }
 
+// The delta of a tile's query columns that this lane's elements of dP^T meet,
+// from the tile's delta row `drow` in shared memory, as the accumulators
+// Sm90Mma::qk_issue_minus then takes dP^T from (dkdv_scores' DELTA_IN_DP).
+template <int BN>
+__device__ __forceinline__ void delta_columns(const float* drow, int lane, float (&dp)[BN / 8][4]) {
+#pragma unroll
+  for (int nt = 0; nt < BN / 8; ++nt) {
+    const float2 dl = *reinterpret_cast<const float2*>(drow + nt * 8 + (lane % 4) * 2);
+    dp[nt][0] = dl.x;
+    dp[nt][1] = dl.y;
+    dp[nt][2] = dl.x;
+    dp[nt][3] = dl.y;
+  }
+}
+
 // dK/dV's element step for a warp's two key rows against the tile's query
 // columns (their LSE by column_lse2 in nlse2, their delta in drow): s = S^T and
 // dp = dP^T become P^T in s and dS^T in dp, unselected pairs 0 (masked:
-// tile_masked<BN, true>).
-template <int BN>
+// tile_masked<BN, true>). With DELTA_IN_DP, dp holds delta - dP^T already
+// (delta_columns, qk_issue_minus) and drow is not read: the element step then
+// has no shared load after the products' wait and one FADD fewer an element.
+template <int BN, bool DELTA_IN_DP = false>
 __device__ __forceinline__ void dkdv_scores(const KernelArgs& a, const TileDesc& d, bool masked,
                                             int di0, int di1, int lane,
                                             const float (&nlse2)[BN / 8][2], const float* drow,
@@ -827,8 +844,12 @@ __device__ __forceinline__ void dkdv_scores(const KernelArgs& a, const TileDesc&
   for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      int col = nt * 8 + (lane % 4) * 2 + (e & 1);
-      dp[nt][e] = s[nt][e] * (dp[nt][e] - drow[col]);  // dS^T
+      if (DELTA_IN_DP) {
+        dp[nt][e] = -s[nt][e] * dp[nt][e];  // dS^T = P^T (dP^T - delta)
+      } else {
+        int col = nt * 8 + (lane % 4) * 2 + (e & 1);
+        dp[nt][e] = s[nt][e] * (dp[nt][e] - drow[col]);  // dS^T
+      }
     }
 }
 

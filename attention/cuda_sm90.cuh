@@ -82,6 +82,8 @@ __device__ __forceinline__ void wgmma_ss(float (&s)[N / 8][4], uint64_t da, uint
 template <typename T>
 __device__ __forceinline__ void wgmma_rs_m64n64(float (&acc)[8][4], const uint32_t* a,
                                                 uint64_t db);
+template <typename T>
+__device__ __forceinline__ void wgmma_ss_neg_a64(float (&s)[8][4], uint64_t da, uint64_t db);
 
 #ifdef DA_HAVE_WGMMA
 template <>
@@ -104,24 +106,45 @@ __device__ __forceinline__ void wgmma_ss<128, __half>(float (&s)[16][4], uint64_
       : "l"(da), "l"(db), "r"(scale_d));
 }
 
+// m64n64k16, both operands from shared memory, for element type TYPE ("bf16" or
+// "f16") with A scaled by SCALE_A ("1" or "-1"): the asm of wgmma_ss<64, T> and
+// wgmma_ss_neg_a64<T>.
+#define DA_WGMMA_SS64(TYPE, SCALE_A)                                                          \
+  "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                             \
+  "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE                                \
+  " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23," \
+  "%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, " SCALE_A ", 1, 0, 0;\n}\n"
+#define DA_ACC8(s)                                                                             \
+  "+f"(s[0][0]), "+f"(s[0][1]), "+f"(s[0][2]), "+f"(s[0][3]), "+f"(s[1][0]), "+f"(s[1][1]),    \
+      "+f"(s[1][2]), "+f"(s[1][3]), "+f"(s[2][0]), "+f"(s[2][1]), "+f"(s[2][2]), "+f"(s[2][3]), \
+      "+f"(s[3][0]), "+f"(s[3][1]), "+f"(s[3][2]), "+f"(s[3][3]), "+f"(s[4][0]), "+f"(s[4][1]), \
+      "+f"(s[4][2]), "+f"(s[4][3]), "+f"(s[5][0]), "+f"(s[5][1]), "+f"(s[5][2]), "+f"(s[5][3]), \
+      "+f"(s[6][0]), "+f"(s[6][1]), "+f"(s[6][2]), "+f"(s[6][3]), "+f"(s[7][0]), "+f"(s[7][1]), \
+      "+f"(s[7][2]), "+f"(s[7][3])
+
 template <>
 __device__ __forceinline__ void wgmma_ss<64, __nv_bfloat16>(float (&s)[8][4], uint64_t da, uint64_t db,
                                                        int scale_d) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(s[0][0]), "+f"(s[0][1]), "+f"(s[0][2]), "+f"(s[0][3]), "+f"(s[1][0]), "+f"(s[1][1]), "+f"(s[1][2]), "+f"(s[1][3]), "+f"(s[2][0]), "+f"(s[2][1]), "+f"(s[2][2]), "+f"(s[2][3]), "+f"(s[3][0]), "+f"(s[3][1]), "+f"(s[3][2]), "+f"(s[3][3]), "+f"(s[4][0]), "+f"(s[4][1]), "+f"(s[4][2]), "+f"(s[4][3]), "+f"(s[5][0]), "+f"(s[5][1]), "+f"(s[5][2]), "+f"(s[5][3]), "+f"(s[6][0]), "+f"(s[6][1]), "+f"(s[6][2]), "+f"(s[6][3]), "+f"(s[7][0]), "+f"(s[7][1]), "+f"(s[7][2]), "+f"(s[7][3])
-      : "l"(da), "l"(db), "r"(scale_d));
+  asm volatile(DA_WGMMA_SS64("bf16", "1") : DA_ACC8(s) : "l"(da), "l"(db), "r"(scale_d));
 }
 
 template <>
 __device__ __forceinline__ void wgmma_ss<64, __half>(float (&s)[8][4], uint64_t da, uint64_t db,
                                                        int scale_d) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(s[0][0]), "+f"(s[0][1]), "+f"(s[0][2]), "+f"(s[0][3]), "+f"(s[1][0]), "+f"(s[1][1]), "+f"(s[1][2]), "+f"(s[1][3]), "+f"(s[2][0]), "+f"(s[2][1]), "+f"(s[2][2]), "+f"(s[2][3]), "+f"(s[3][0]), "+f"(s[3][1]), "+f"(s[3][2]), "+f"(s[3][3]), "+f"(s[4][0]), "+f"(s[4][1]), "+f"(s[4][2]), "+f"(s[4][3]), "+f"(s[5][0]), "+f"(s[5][1]), "+f"(s[5][2]), "+f"(s[5][3]), "+f"(s[6][0]), "+f"(s[6][1]), "+f"(s[6][2]), "+f"(s[6][3]), "+f"(s[7][0]), "+f"(s[7][1]), "+f"(s[7][2]), "+f"(s[7][3])
-      : "l"(da), "l"(db), "r"(scale_d));
+  asm volatile(DA_WGMMA_SS64("f16", "1") : DA_ACC8(s) : "l"(da), "l"(db), "r"(scale_d));
+}
+
+// s += (-A) B^T, m64n64k16 (dK/dV's delta - dP^T on accumulators that start at delta).
+template <>
+__device__ __forceinline__ void wgmma_ss_neg_a64<__nv_bfloat16>(float (&s)[8][4], uint64_t da,
+                                                                uint64_t db) {
+  asm volatile(DA_WGMMA_SS64("bf16", "-1") : DA_ACC8(s) : "l"(da), "l"(db), "r"(1));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_ss_neg_a64<__half>(float (&s)[8][4], uint64_t da,
+                                                         uint64_t db) {
+  asm volatile(DA_WGMMA_SS64("f16", "-1") : DA_ACC8(s) : "l"(da), "l"(db), "r"(1));
 }
 
 template <>
@@ -130,7 +153,7 @@ __device__ __forceinline__ void wgmma_rs_m64n64<__nv_bfloat16>(float (&acc)[8][4
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 1;\n}\n"
-      : "+f"(acc[0][0]), "+f"(acc[0][1]), "+f"(acc[0][2]), "+f"(acc[0][3]), "+f"(acc[1][0]), "+f"(acc[1][1]), "+f"(acc[1][2]), "+f"(acc[1][3]), "+f"(acc[2][0]), "+f"(acc[2][1]), "+f"(acc[2][2]), "+f"(acc[2][3]), "+f"(acc[3][0]), "+f"(acc[3][1]), "+f"(acc[3][2]), "+f"(acc[3][3]), "+f"(acc[4][0]), "+f"(acc[4][1]), "+f"(acc[4][2]), "+f"(acc[4][3]), "+f"(acc[5][0]), "+f"(acc[5][1]), "+f"(acc[5][2]), "+f"(acc[5][3]), "+f"(acc[6][0]), "+f"(acc[6][1]), "+f"(acc[6][2]), "+f"(acc[6][3]), "+f"(acc[7][0]), "+f"(acc[7][1]), "+f"(acc[7][2]), "+f"(acc[7][3])
+      : DA_ACC8(acc)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
 }
 
@@ -140,9 +163,11 @@ __device__ __forceinline__ void wgmma_rs_m64n64<__half>(float (&acc)[8][4], cons
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 1;\n}\n"
-      : "+f"(acc[0][0]), "+f"(acc[0][1]), "+f"(acc[0][2]), "+f"(acc[0][3]), "+f"(acc[1][0]), "+f"(acc[1][1]), "+f"(acc[1][2]), "+f"(acc[1][3]), "+f"(acc[2][0]), "+f"(acc[2][1]), "+f"(acc[2][2]), "+f"(acc[2][3]), "+f"(acc[3][0]), "+f"(acc[3][1]), "+f"(acc[3][2]), "+f"(acc[3][3]), "+f"(acc[4][0]), "+f"(acc[4][1]), "+f"(acc[4][2]), "+f"(acc[4][3]), "+f"(acc[5][0]), "+f"(acc[5][1]), "+f"(acc[5][2]), "+f"(acc[5][3]), "+f"(acc[6][0]), "+f"(acc[6][1]), "+f"(acc[6][2]), "+f"(acc[6][3]), "+f"(acc[7][0]), "+f"(acc[7][1]), "+f"(acc[7][2]), "+f"(acc[7][3])
+      : DA_ACC8(acc)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
 }
+#undef DA_ACC8
+#undef DA_WGMMA_SS64
 #endif  // DA_HAVE_WGMMA
 
 template <typename T, int D>
@@ -196,6 +221,24 @@ struct Sm90Mma {
     for (int kk = 0; kk < D / 16; ++kk)
       wgmma_ss<N, T>(s, desc_add(q, (kk / 4) * AROWS * 128 + (kk % 4) * 32),
                      desc_add(k, (kk / 4) * N * 128 + (kk % 4) * 32), kk > 0);
+#else
+    (void)s, (void)sA, (void)sB, (void)warp;
+    __trap();
+#endif
+  }
+
+  // s = s - A B^T for N = 64 (every step accumulates, A negated): dK/dV's
+  // dP^T with each query column's delta folded in, on accumulators the caller
+  // set to delta (delta_columns). Issued, not waited for.
+  template <int AROWS>
+  __device__ static void qk_issue_minus(float (&s)[8][4], const T* sA, const T* sB, int warp) {
+#ifdef DA_HAVE_WGMMA
+    const uint64_t q = wgmma_desc(reinterpret_cast<const char*>(sA) + (warp / 4) * 64 * 128);
+    const uint64_t k = wgmma_desc(sB);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+      wgmma_ss_neg_a64<T>(s, desc_add(q, (kk / 4) * AROWS * 128 + (kk % 4) * 32),
+                          desc_add(k, (kk / 4) * 64 * 128 + (kk % 4) * 32));
 #else
     (void)s, (void)sA, (void)sB, (void)warp;
     __trap();
@@ -1178,10 +1221,21 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
     RowIndices idx;
     // P^T and dS^T (dK/dV) or dS (dQ) of a tile, packed as wgmma A operands.
     uint32_t af1[BN / 16][4], af2[KV_SIDE ? BN / 16 : 1][4];
-    // S and dP (or their transposes) of the tile in `slot`: issued, not committed.
+    // S and dP (or their transposes) of the tile in `slot`: issued, not
+    // committed. dK/dV's dP^T accumulates onto its columns' delta, read into
+    // dp (whose registers are free once the previous tile's dS^T is packed)
+    // after S^T is issued, so the shared load's latency passes while the
+    // batch's first products go out; a second fence orders those writes
+    // before the wgmma that reads them. That gives delta - dP^T.
     auto issue_scores = [&](int at, float (&s)[BN / 8][4], float (&dp)[BN / 8][4]) {
       Mm::template qk_issue<BM, BN>(s, sA, sX + at * kTile, cw);
-      Mm::template qk_issue<BM, BN>(dp, sB, sY + at * kTile, cw);
+      if constexpr (KV_SIDE) {
+        delta_columns<BN>(sD + at * BN, lane, dp);
+        wgmma_fence();
+        Mm::template qk_issue_minus<BM>(dp, sB, sY + at * kTile, cw);
+      } else {
+        Mm::template qk_issue<BM, BN>(dp, sB, sY + at * kTile, cw);
+      }
     };
     // What the element step of the tile in `at` needs from its descriptor
     // (the own rows' indices, whether it masks) and, for dK/dV, its columns'
@@ -1200,7 +1254,7 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
     auto element = [&](int at, bool masked, float (&s)[BN / 8][4], float (&dp)[BN / 8][4]) {
       const TileDesc& d = ring[at];
       if constexpr (KV_SIDE) {
-        dkdv_scores<BN>(a, d, masked, idx.di0, idx.di1, lane, nlse2, sD + at * BN, s, dp);
+        dkdv_scores<BN, true>(a, d, masked, idx.di0, idx.di1, lane, nlse2, nullptr, s, dp);
         Mm::template pack_p<BN>(s, af1);
         Mm::template pack_p<BN>(dp, af2);
       } else {
