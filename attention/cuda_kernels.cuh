@@ -795,28 +795,31 @@ __device__ __forceinline__ void column_lse2(const float* lrow, int lane, float (
   }
 }
 
-// The delta of a tile's query columns that this lane's elements of dP^T meet,
-// from the tile's delta row `drow` in shared memory, as the accumulators
-// Sm90Mma::qk_issue_minus then takes dP^T from (dkdv_scores' DELTA_IN_DP).
+// `mul` times the values of a tile's query columns that this lane's elements of
+// S^T or dP^T meet (columns nt * 8 + (lane % 4) * 2 + c), from the tile's row
+// of them in shared memory (its lse or delta): the accumulators the Hopper
+// dK/dV consumers start S^T and dP^T from (dkdv_scores' LSE_IN_S, DELTA_IN_DP).
 template <int BN>
-__device__ __forceinline__ void delta_columns(const float* drow, int lane, float (&dp)[BN / 8][4]) {
+__device__ __forceinline__ void column_init(const float* row, float mul, int lane,
+                                            float (&x)[BN / 8][4]) {
 #pragma unroll
   for (int nt = 0; nt < BN / 8; ++nt) {
-    const float2 dl = *reinterpret_cast<const float2*>(drow + nt * 8 + (lane % 4) * 2);
-    dp[nt][0] = dl.x;
-    dp[nt][1] = dl.y;
-    dp[nt][2] = dl.x;
-    dp[nt][3] = dl.y;
+    const float2 v = *reinterpret_cast<const float2*>(row + nt * 8 + (lane % 4) * 2);
+    x[nt][0] = x[nt][2] = v.x * mul;
+    x[nt][1] = x[nt][3] = v.y * mul;
   }
 }
 
 // dK/dV's element step for a warp's two key rows against the tile's query
 // columns (their LSE by column_lse2 in nlse2, their delta in drow): s = S^T and
 // dp = dP^T become P^T in s and dS^T in dp, unselected pairs 0 (masked:
-// tile_masked<BN, true>). With DELTA_IN_DP, dp holds delta - dP^T already
-// (delta_columns, qk_issue_minus) and drow is not read: the element step then
-// has no shared load after the products' wait and one FADD fewer an element.
-template <int BN, bool DELTA_IN_DP = false>
+// tile_masked<BN, true>). The Hopper consumers fold the columns' values into
+// the products, which run on accumulators set by column_init: DELTA_IN_DP, dp
+// holds delta - dP^T (A negated: Sm90Mma::qk_issue_minus) and drow is not read,
+// so no shared load follows the products' wait and an element takes one FADD
+// fewer; LSE_IN_S, s holds S^T - lse / scale and nlse2 is not read, so no
+// column values live across the wait.
+template <int BN, bool DELTA_IN_DP = false, bool LSE_IN_S = false>
 __device__ __forceinline__ void dkdv_scores(const KernelArgs& a, const TileDesc& d, bool masked,
                                             int di0, int di1, int lane,
                                             const float (&nlse2)[BN / 8][2], const float* drow,
@@ -826,7 +829,8 @@ __device__ __forceinline__ void dkdv_scores(const KernelArgs& a, const TileDesc&
   for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e)
-      s[nt][e] = fast_exp2(fmaf(s[nt][e], a.scale_log2, nlse2[nt][e & 1]));
+      s[nt][e] = LSE_IN_S ? fast_exp2(s[nt][e] * a.scale_log2)
+                          : fast_exp2(fmaf(s[nt][e], a.scale_log2, nlse2[nt][e & 1]));
   if (masked) {
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt) {

@@ -210,9 +210,10 @@ struct Sm90Mma {
 #endif
   }
 
-  // s[64 x N] (this warpgroup's rows of A) = A B^T: A an AROWS-row tile, B an
-  // N-row tile, both K-major (d contiguous). Issued, not waited for.
-  template <int AROWS, int N>
+  // s[64 x N] (this warpgroup's rows of A) = A B^T (ACC: s += A B^T): A an
+  // AROWS-row tile, B an N-row tile, both K-major (d contiguous). Issued, not
+  // waited for.
+  template <int AROWS, int N, bool ACC = false>
   __device__ static void qk_issue(float (&s)[N / 8][4], const T* sA, const T* sB, int warp) {
 #ifdef DA_HAVE_WGMMA
     const uint64_t q = wgmma_desc(reinterpret_cast<const char*>(sA) + (warp / 4) * 64 * 128);
@@ -220,7 +221,7 @@ struct Sm90Mma {
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
       wgmma_ss<N, T>(s, desc_add(q, (kk / 4) * AROWS * 128 + (kk % 4) * 32),
-                     desc_add(k, (kk / 4) * N * 128 + (kk % 4) * 32), kk > 0);
+                     desc_add(k, (kk / 4) * N * 128 + (kk % 4) * 32), ACC || kk > 0);
 #else
     (void)s, (void)sA, (void)sB, (void)warp;
     __trap();
@@ -229,7 +230,7 @@ struct Sm90Mma {
 
   // s = s - A B^T for N = 64 (every step accumulates, A negated): dK/dV's
   // dP^T with each query column's delta folded in, on accumulators the caller
-  // set to delta (delta_columns). Issued, not waited for.
+  // set to delta (column_init). Issued, not waited for.
   template <int AROWS>
   __device__ static void qk_issue_minus(float (&s)[8][4], const T* sA, const T* sB, int warp) {
 #ifdef DA_HAVE_WGMMA
@@ -1189,6 +1190,9 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
   setmaxnreg_inc<Cfg::consumer_regs(PREGS)>();
   const int warp = uniform_warp();
   const int cg = warp / 4 - 1, cw = warp - 4, lane = tid % 32, row0 = cw * 16 + lane / 4;
+  // dK/dV at d = 128: S^T starts at -lse / scale (issue_scores).
+  constexpr bool kLseInS = KV_SIDE && D == 128;
+  const float neg_inv_scale = -1.f / a.scale;
   auto release = [&](int slot) {
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[slot]);
@@ -1222,39 +1226,50 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
     // P^T and dS^T (dK/dV) or dS (dQ) of a tile, packed as wgmma A operands.
     uint32_t af1[BN / 16][4], af2[KV_SIDE ? BN / 16 : 1][4];
     // S and dP (or their transposes) of the tile in `slot`: issued, not
-    // committed. dK/dV's dP^T accumulates onto its columns' delta, read into
-    // dp (whose registers are free once the previous tile's dS^T is packed)
-    // after S^T is issued, so the shared load's latency passes while the
-    // batch's first products go out; a second fence orders those writes
-    // before the wgmma that reads them. That gives delta - dP^T.
+    // committed. dK/dV's dP^T, A negated, accumulates onto its columns' delta
+    // and, at d = 128, its S^T onto their -lse / scale (column_init into dp and
+    // s, whose registers are free once the previous tile is packed): that gives
+    // delta - dP^T and S^T - lse / scale (dkdv_scores' DELTA_IN_DP, LSE_IN_S).
+    // Each read follows the products issued before it, so its latency passes
+    // while they go out; a fence orders its writes before the wgmma that reads
+    // them. Measured (H100, n = 128K, backward, against reading the columns
+    // after the wait): delta +1% / +2.5% (d = 64 / 128); lse too -1% / +1%, so
+    // at d = 128 only, where holding the columns' lse across the wait took 16
+    // registers of a kernel that spills (dK/dV 356 / 548 -> 344 / 452 bytes
+    // stored / loaded).
     auto issue_scores = [&](int at, float (&s)[BN / 8][4], float (&dp)[BN / 8][4]) {
-      Mm::template qk_issue<BM, BN>(s, sA, sX + at * kTile, cw);
       if constexpr (KV_SIDE) {
-        delta_columns<BN>(sD + at * BN, lane, dp);
+        if constexpr (kLseInS) {
+          column_init<BN>(sL + at * BN, neg_inv_scale, lane, s);
+          wgmma_fence();
+        }
+        Mm::template qk_issue<BM, BN, kLseInS>(s, sA, sX + at * kTile, cw);
+        column_init<BN>(sD + at * BN, 1.f, lane, dp);
         wgmma_fence();
         Mm::template qk_issue_minus<BM>(dp, sB, sY + at * kTile, cw);
       } else {
+        Mm::template qk_issue<BM, BN>(s, sA, sX + at * kTile, cw);
         Mm::template qk_issue<BM, BN>(dp, sB, sY + at * kTile, cw);
       }
     };
     // What the element step of the tile in `at` needs from its descriptor
-    // (the own rows' indices, whether it masks) and, for dK/dV, its columns'
-    // LSE, read while its S and dP are computed. Read after the wait, the
-    // latency of those shared loads was the largest integer and control item
-    // of Nsight's per-source-line view (eighth session: 7-11% of the consumers'
-    // samples). With uniform_warp and the shared lse loads (aligned_smem) the
-    // backward measured +2-3.5% (H100, n = 128K); this alone, not measured.
-    float nlse2[KV_SIDE ? BN / 8 : 1][2];  // dK/dV: the tile's columns' LSE
+    // (the own rows' indices, whether it masks), read while its S and dP are
+    // computed. Read after the wait, the latency of those shared loads was the
+    // largest integer and control item of Nsight's per-source-line view
+    // (eighth session: 7-11% of the consumers' samples).
+    // dK/dV at d = 64 also reads its columns' LSE there (column_lse2).
+    float nlse2[BN / 8][2];
     auto prepare = [&](int at) {
       idx.update(ring[at], own, row0);
-      if constexpr (KV_SIDE) column_lse2<BN>(sL + at * BN, lane, nlse2);
+      if constexpr (KV_SIDE && !kLseInS) column_lse2<BN>(sL + at * BN, lane, nlse2);
       return tile_masked<BN, KV_SIDE>(a, ring[at]);
     };
     // The element step of the tile in `at` into af1 / af2.
     auto element = [&](int at, bool masked, float (&s)[BN / 8][4], float (&dp)[BN / 8][4]) {
       const TileDesc& d = ring[at];
       if constexpr (KV_SIDE) {
-        dkdv_scores<BN, true>(a, d, masked, idx.di0, idx.di1, lane, nlse2, nullptr, s, dp);
+        dkdv_scores<BN, true, kLseInS>(a, d, masked, idx.di0, idx.di1, lane, nlse2, nullptr, s,
+                                       dp);
         Mm::template pack_p<BN>(s, af1);
         Mm::template pack_p<BN>(dp, af2);
       } else {
