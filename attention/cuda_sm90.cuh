@@ -1237,15 +1237,30 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
     // at d = 128 only, where holding the columns' lse across the wait took 16
     // registers of a kernel that spills (dK/dV 356 / 548 -> 344 / 452 bytes
     // stored / loaded).
-    auto issue_scores = [&](int at, float (&s)[BN / 8][4], float (&dp)[BN / 8][4]) {
+    // With `inited` the caller has read the columns before the batch's fence
+    // (init_columns; the first tile of an item, where nothing goes out before
+    // S^T: with the reads between S^T and dP^T there, ptxas made dP^T wait
+    // for S^T, C7517).
+    auto init_columns = [&](int at, float (&s)[BN / 8][4], float (&dp)[BN / 8][4]) {
       if constexpr (KV_SIDE) {
-        if constexpr (kLseInS) {
+        if constexpr (kLseInS) column_init<BN>(sL + at * BN, neg_inv_scale, lane, s);
+        column_init<BN>(sD + at * BN, 1.f, lane, dp);
+        // (The copies for the second row stay here, before the fence.)
+        fence_regs(s);
+        fence_regs(dp);
+      }
+    };
+    auto issue_scores = [&](int at, float (&s)[BN / 8][4], float (&dp)[BN / 8][4], bool inited) {
+      if constexpr (KV_SIDE) {
+        if (kLseInS && !inited) {
           column_init<BN>(sL + at * BN, neg_inv_scale, lane, s);
           wgmma_fence();
         }
         Mm::template qk_issue<BM, BN, kLseInS>(s, sA, sX + at * kTile, cw);
-        column_init<BN>(sD + at * BN, 1.f, lane, dp);
-        wgmma_fence();
+        if (!inited) {
+          column_init<BN>(sD + at * BN, 1.f, lane, dp);
+          wgmma_fence();
+        }
         Mm::template qk_issue_minus<BM>(dp, sB, sY + at * kTile, cw);
       } else {
         Mm::template qk_issue<BM, BN>(s, sA, sX + at * kTile, cw);
@@ -1293,8 +1308,9 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
     float s[BN / 8][4], dp[BN / 8][4];
     // S and dP of the tile in `slot` alone, waited for, then its element step.
     auto scores = [&]() {
+      init_columns(slot, s, dp);
       wgmma_fence();
-      issue_scores(slot, s, dp);
+      issue_scores(slot, s, dp, true);
       wgmma_commit();
       const bool masked = prepare(slot);
       wgmma_wait<0>();
@@ -1311,7 +1327,7 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
         next_tile();
         wgmma_fence();
         issue_products(prev);
-        issue_scores(slot, s, dp);
+        issue_scores(slot, s, dp, false);
         wgmma_commit();
         const bool masked = prepare(slot);
         wgmma_wait<0>();
