@@ -782,29 +782,35 @@ __device__ __forceinline__ void dq_scores(const KernelArgs& a, const TileDesc& d
     for (int e = 0; e < 4; ++e) s[nt][e] *= dp[nt][e] - dlt[e >> 1];  // dS
 }
 
-// The LSE of a tile's query columns that this lane's elements of S^T meet
-// (columns nt * 8 + (lane % 4) * 2 + c), negated in log2 units, from the tile's
-// lse row in shared memory: dkdv_scores' `nlse2`.
+// The values of a tile's query columns that this lane's elements of S^T and
+// dP^T in 8-column block nt meet (columns nt * 8 + (lane % 4) * 2 + 0 / 1), from
+// the tile's row of them in shared memory (its lse or delta).
+__device__ __forceinline__ float2 column_pair(const float* row, int nt, int lane) {
+  return *reinterpret_cast<const float2*>(row + nt * 8 + (lane % 4) * 2);
+}
+
+// The LSE of a tile's query columns that this lane's elements of S^T meet,
+// negated in log2 units, from the tile's lse row: dkdv_scores' `nlse2`.
 template <int BN>
 __device__ __forceinline__ void column_lse2(const float* lrow, int lane, float (&nlse2)[BN / 8][2]) {
 #pragma unroll
   for (int nt = 0; nt < BN / 8; ++nt) {
-    const float2 l = *reinterpret_cast<const float2*>(lrow + nt * 8 + (lane % 4) * 2);
+    const float2 l = column_pair(lrow, nt, lane);
     nlse2[nt][0] = -l.x * kLog2e;
     nlse2[nt][1] = -l.y * kLog2e;
   }
 }
 
 // `mul` times the values of a tile's query columns that this lane's elements of
-// S^T or dP^T meet (columns nt * 8 + (lane % 4) * 2 + c), from the tile's row
-// of them in shared memory (its lse or delta): the accumulators the Hopper
-// dK/dV consumers start S^T and dP^T from (dkdv_scores' LSE_IN_S, DELTA_IN_DP).
+// S^T or dP^T meet, in both of its rows, from the tile's row of them (its lse
+// or delta): the accumulators the Hopper dK/dV consumers start S^T and dP^T
+// from (dkdv_scores' LSE_IN_S, DELTA_IN_DP).
 template <int BN>
 __device__ __forceinline__ void column_init(const float* row, float mul, int lane,
                                             float (&x)[BN / 8][4]) {
 #pragma unroll
   for (int nt = 0; nt < BN / 8; ++nt) {
-    const float2 v = *reinterpret_cast<const float2*>(row + nt * 8 + (lane % 4) * 2);
+    const float2 v = column_pair(row, nt, lane);
     x[nt][0] = x[nt][2] = v.x * mul;
     x[nt][1] = x[nt][3] = v.y * mul;
   }

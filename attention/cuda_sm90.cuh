@@ -1240,7 +1240,8 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
     // With `inited` the caller has read the columns before the batch's fence
     // (init_columns; the first tile of an item, where nothing goes out before
     // S^T: with the reads between S^T and dP^T there, ptxas made dP^T wait
-    // for S^T, C7517).
+    // for S^T, C7517). Without, only the delta columns are read here: the
+    // pipelined loop runs at d = 64, where S^T starts from zero.
     auto init_columns = [&](int at, float (&s)[BN / 8][4], float (&dp)[BN / 8][4]) {
       if constexpr (KV_SIDE) {
         if constexpr (kLseInS) column_init<BN>(sL + at * BN, neg_inv_scale, lane, s);
@@ -1250,12 +1251,9 @@ __global__ void __launch_bounds__(Sm90Bwd<T, D>::kThreads, 1)
         fence_regs(dp);
       }
     };
+    static_assert(!(PIPE && kLseInS), "the pipelined loop folds no lse into S^T");
     auto issue_scores = [&](int at, float (&s)[BN / 8][4], float (&dp)[BN / 8][4], bool inited) {
       if constexpr (KV_SIDE) {
-        if (kLseInS && !inited) {
-          column_init<BN>(sL + at * BN, neg_inv_scale, lane, s);
-          wgmma_fence();
-        }
         Mm::template qk_issue<BM, BN, kLseInS>(s, sA, sX + at * kTile, cw);
         if (!inited) {
           column_init<BN>(sD + at * BN, 1.f, lane, dp);
